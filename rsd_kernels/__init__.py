@@ -1,0 +1,1 @@
+"""rsd_kernels placeholder"""

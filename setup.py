@@ -1,0 +1,69 @@
+"""Build script: pure Python everywhere, plus the CUDA extension where it can be built.
+
+The extension ``rsd_kernels._C`` is compiled from ``csrc/`` only when
+
+* ``RSD_KERNELS_BUILD_CUDA=1`` (then a failure to build is an error), or
+* ``RSD_KERNELS_BUILD_CUDA`` is unset and the build environment has a CUDA build of
+  torch and a CUDA toolkit (``CUDA_HOME`` or ``nvcc`` on PATH).
+
+``RSD_KERNELS_BUILD_CUDA=0`` always skips it. Install with ``--no-build-isolation`` so
+the build sees the torch you run with; ``TORCH_CUDA_ARCH_LIST`` is honoured (default
+``8.0;9.0``). Without the extension, ``backend="cuda"`` can still JIT-build it with
+ninja on first use (``rsd_kernels.cuda_backend``).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+
+def _want_cuda():
+    flag = os.environ.get("RSD_KERNELS_BUILD_CUDA", "").strip()
+    if flag == "0":
+        return False, False
+    forced = flag == "1"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception as exc:  # torch not importable in the build environment
+        if forced:
+            raise RuntimeError(f"RSD_KERNELS_BUILD_CUDA=1 but torch is not importable: {exc}")
+        return False, False
+    ok = torch.version.cuda is not None and CUDA_HOME is not None
+    if forced and not ok:
+        raise RuntimeError(
+            "RSD_KERNELS_BUILD_CUDA=1 but torch has no CUDA build "
+            f"(torch.version.cuda={torch.version.cuda}) or CUDA_HOME is unset ({CUDA_HOME})"
+        )
+    return ok, forced
+
+
+def _extensions():
+    build, _ = _want_cuda()
+    sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
+    if not build or not sources:
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    ext = CUDAExtension(
+        name="rsd_kernels._C",
+        sources=sources,
+        include_dirs=[os.path.abspath("csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
+
+packages = find_packages(include=["rsd_kernels", "rsd_kernels.*"])
+packages += find_packages(where="python", include=["rsd", "rsd.*"])
+
+setup(
+    packages=packages,
+    package_dir={"rsd": "python/rsd"},
+    package_data={"rsd": ["draft/weights/*.safetensors", "draft/*.md", "data/*.jsonl"], "rsd_kernels": ["csrc/*"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
