@@ -1,0 +1,51 @@
+"""Public op ``tree_attention``: validate and dispatch (SPEC section 7)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import backends, checks
+from ..tree import DraftTree
+
+ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") -> torch.Tensor:
+    """Attention of the T tree nodes' queries over the KV cache with the tree mask.
+
+    Args:
+        q: ``[B, Hq, T, D]`` queries of the tree nodes (root first).
+        k, v: ``[B, Hkv, S, D]`` the cache; the tree's keys sit at
+            ``prefix_lens[b] .. prefix_lens[b] + T - 1``; Hq must be a multiple of Hkv.
+        tree: a :class:`DraftTree` with T nodes, or its packed ancestor bitmask
+            ``[B, T, ceil(T/32)]`` int32.
+        prefix_lens: ``[B]`` int32/int64 tokens before the root (ragged allowed), or an int.
+        scale: softmax scale, default ``1/sqrt(D)``.
+    Returns ``[B, Hq, T, D]`` in q's dtype: node i sees every prefix key and its ancestors-or-self.
+    """
+    checks.tensor("q", q, ndim=4, dtypes=ATTN_DTYPES)
+    B, Hq, T, D = q.shape
+    dev = q.device
+    checks.tensor("k", k, ndim=4, dtypes=(q.dtype,), device=dev)
+    Hkv, S = k.shape[1], k.shape[2]
+    checks.tensor("k", k, shape=(B, None, None, D))
+    checks.tensor("v", v, ndim=4, dtypes=(q.dtype,), device=dev, shape=(B, Hkv, S, D))
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"the number of query heads ({Hq}) must be a multiple of the KV heads ({Hkv})")
+    W = (T + 31) // 32
+    if isinstance(tree, DraftTree):
+        if tree.batch_size != B or tree.max_nodes != T:
+            raise ValueError(f"tree has shape [{tree.batch_size}, {tree.max_nodes}] but q has B={B}, T={T}")
+        mask_bits = tree.ancestor_bitmask
+    else:
+        mask_bits = checks.tensor("tree", tree, ndim=3, dtypes=(torch.int32,), device=dev, shape=(B, T, W))
+    if isinstance(prefix_lens, int):
+        prefix_lens = torch.full((B,), prefix_lens, dtype=torch.int64, device=dev)
+    checks.tensor("prefix_lens", prefix_lens, ndim=1, dtypes=(torch.int32, torch.int64), device=dev, shape=(B,))
+    if (prefix_lens < 0).any() or (prefix_lens + T > S).any():
+        raise ValueError(f"prefix_lens + T must be within the cache length S={S}; got prefix_lens={prefix_lens.tolist()}, T={T}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    _, impl = backends.resolve("tree_attention", backend, dev)
+    return impl(q, k, v, mask_bits.contiguous(), prefix_lens.to(torch.int64).contiguous(), float(scale))

@@ -1,0 +1,91 @@
+"""Backend registry and dispatch: ``"torch"`` (reference), ``"triton"``, ``"cuda"``, ``"auto"``.
+
+Each backend module registers its implementations with :func:`register` when imported.
+``"auto"`` picks CUDA, then Triton, on a CUDA device and the PyTorch reference on the CPU.
+Asking explicitly for a backend that cannot run raises ``ValueError`` with the reason:
+there is no silent fallback.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+_IMPLS: dict[str, dict[str, object]] = {b: {} for b in BACKENDS}
+_MODULES = {
+    "torch": ("rsd_kernels.attention.reference_op", "rsd_kernels.sampling.reference_op", "rsd_kernels.verify.reference_op"),
+    "triton": ("rsd_kernels.attention.triton_op", "rsd_kernels.sampling.triton_op", "rsd_kernels.verify.triton_op"),
+    "cuda": ("rsd_kernels.cuda_backend",),
+}
+_load_errors: dict[str, str] = {}
+
+
+def register(op: str, backend: str):
+    """Decorator: ``@register("verify_tree", "triton")``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+
+    def deco(fn):
+        _IMPLS[backend][op] = fn
+        return fn
+
+    return deco
+
+
+def _load(backend: str):
+    for mod in _MODULES[backend]:
+        key = f"{backend}:{mod}"
+        if key in _load_errors:
+            continue
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:  # that backend has no module for this op (yet)
+                _load_errors[key] = f"{mod} does not exist"
+            else:
+                _load_errors[key] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # an import that fails must say why, not disappear
+            _load_errors[key] = f"{type(exc).__name__}: {exc}"
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _why_not(op: str, backend: str, device: torch.device):
+    """None if ``backend`` can run ``op`` on ``device``, else the reason."""
+    _load(backend)
+    if op not in _IMPLS[backend]:
+        errors = "; ".join(v for k, v in _load_errors.items() if k.startswith(backend + ":"))
+        return f"backend {backend!r} has no implementation of {op}" + (f" ({errors})" if errors else "")
+    if backend == "triton" and not triton_runs_on(device):
+        return "Triton kernels need a CUDA device (or TRITON_INTERPRET=1 set before import for CPU tensors)"
+    if backend == "cuda" and device.type != "cuda":
+        return f"the CUDA backend needs CUDA tensors, got device {device}"
+    return None
+
+
+def resolve(op: str, backend: str, device) -> tuple[str, object]:
+    """Return ``(backend_name, implementation)`` of ``op`` for tensors on ``device``."""
+    device = torch.device(device)
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend == "auto":
+        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("torch",)
+        for b in order:
+            if _why_not(op, b, device) is None:
+                return b, _IMPLS[b][op]
+        raise ValueError(f"no backend can run {op} on {device}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+    why = _why_not(op, backend, device)
+    if why is not None:
+        raise ValueError(f"backend={backend!r} cannot run here: {why}")
+    return backend, _IMPLS[backend][op]
+
+
+def available(op: str, device) -> list[str]:
+    """The backends that can run ``op`` on ``device`` now."""
+    return [b for b in BACKENDS if _why_not(op, b, torch.device(device)) is None]
