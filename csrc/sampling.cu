@@ -1,7 +1,7 @@
 // Gumbel-top-k sampling without replacement over [R, V] (SPEC section 2), one block per row.
 //
-// Each thread keeps a sorted partial top-K of its strided slice in registers (K a compile-time
-// power of two >= kmax, at most kMaxSampleK = 64), reading the row with 16-byte vector loads
+// Each thread keeps a sorted partial top-K of its strided slice in registers (K in {1, 8, 32, 64},
+// the smallest >= kmax; at most kMaxSampleK = 64), reading the row with 16-byte vector loads
 // where aligned. The block then merges the partial lists: kmax rounds of a block-wide argmax
 // over the threads' list heads; the winner pops its head. Order: perturbed score descending,
 // ties by the lower token index. Mirrors rsd_kernels/sampling/reference.py sample_topk; the
@@ -136,11 +136,9 @@ cudaError_t launch_k(const SampleArgs& a, cudaStream_t stream) {
 
 template <typename T, typename C>
 cudaError_t launch_typed(const SampleArgs& a, cudaStream_t stream) {
+  // A few list sizes keep the compile short: K = 1 (one draw), 8 (tree branching), 32 (beams).
   if (a.kmax <= 1) return launch_k<T, C, 1>(a, stream);
-  if (a.kmax <= 2) return launch_k<T, C, 2>(a, stream);
-  if (a.kmax <= 4) return launch_k<T, C, 4>(a, stream);
   if (a.kmax <= 8) return launch_k<T, C, 8>(a, stream);
-  if (a.kmax <= 16) return launch_k<T, C, 16>(a, stream);
   if (a.kmax <= 32) return launch_k<T, C, 32>(a, stream);
   if (a.kmax <= kMaxSampleK) return launch_k<T, C, kMaxSampleK>(a, stream);
   return cudaErrorInvalidValue;
