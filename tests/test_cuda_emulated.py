@@ -1,12 +1,14 @@
-"""The CUDA verify and sampling kernels, executed on the CPU, against the PyTorch reference.
+"""The CUDA kernels, executed on the CPU, against the PyTorch reference.
 
-The very sources in csrc/ (verify.cu, sampling.cu) are compiled as C++ with
+The very sources in csrc/ (verify.cu, sampling.cu, tree_attention.cu) are compiled as C++ with
 tests/emulation/host_shim.h: each CUDA thread is a std::thread, barriers and warp shuffles are
 emulated, blocks run one after another (tests/emulation/build.sh). This checks the kernels'
 logic -- the walk, the residual updates, the rho* bisection, block reductions across warps,
-the register top-k and its merge, the Philox streams -- where no GPU is at hand. It does not
-check what is specific to the hardware (timing, the WMMA attention, the real shuffle unit);
-that is tests/test_cuda_backend.py on a GPU.
+the register top-k and its merge, the Philox streams, the attention's tiling, masking, online
+softmax, split-KV combine, and the WMMA call pattern (nvcuda::wmma is emulated per warp) --
+where no GPU is at hand. It does not check what is specific to the hardware (timing, the real
+tensor-core fragment layouts, shuffle unit, memory model); that is tests/test_cuda_backend.py
+on a GPU.
 """
 import ctypes
 import hashlib
@@ -17,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsd_kernels import noise
+from rsd_kernels import DraftTree, noise
+from rsd_kernels.attention import reference as aref
 from rsd_kernels.sampling import reference as sref
 from rsd_kernels.verify import reference as vref
 
@@ -33,7 +36,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not (CUDA_INCLUDE
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    srcs = [ROOT / "csrc" / n for n in ("verify.cu", "sampling.cu", "common.cuh", "philox.cuh", "rsd_kernels.h")]
+    srcs = [ROOT / "csrc" / n for n in ("verify.cu", "sampling.cu", "tree_attention.cu", "common.cuh", "philox.cuh",
+                                        "rsd_kernels.h")]
     srcs += [EMU / n for n in ("host_shim.h", "harness.cc", "build.sh")]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     out = tmp_path_factory.getbasetemp() / f"emu-{key}"
@@ -89,11 +93,12 @@ def _tree(B, T, V, gen, width, pool):
     return tokens, parents, num_nodes, int((depth * valid).max())
 
 
-VERIFY_CASES = [(1, 1, 37, 32), (3, 7, 61, 64), (4, 16, 300, 64), (2, 33, 129, 96), (2, 12, 1000, 128)]
+VERIFY_CASES = [(1, 1, 37, 32), (3, 7, 61, 64), (2, 33, 129, 96),
+                pytest.param((4, 16, 300, 64), marks=pytest.mark.slow), pytest.param((2, 12, 1000, 128), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])
-@pytest.mark.parametrize("case", VERIFY_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("case", VERIFY_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else None)
 def test_verify_kernel_matches_reference(lib, mode, case):
     B, T, V, threads = case
     gen = torch.Generator().manual_seed(T * 7919 + V + MODE_CODE[mode])
@@ -136,7 +141,8 @@ def test_verify_kernel_negative_control(lib, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("V,kmax,threads", [(64, 1, 32), (1000, 8, 64), (1003, 30, 96), (2048, 64, 64)])
+@pytest.mark.parametrize("V,kmax,threads", [(64, 1, 32), (1000, 8, 64), (1003, 30, 96),
+                                           pytest.param(2048, 64, 64, marks=pytest.mark.slow)])
 def test_sampling_kernel_matches_reference(lib, dtype, V, kmax, threads):
     R = 5
     gen = torch.Generator().manual_seed(V * 64 + kmax)
@@ -161,3 +167,66 @@ def test_sampling_kernel_matches_reference(lib, dtype, V, kmax, threads):
         gt, gl, _, gn = emu_sample(lib, logits, k, kmax, 0.0, threads=threads)
         assert torch.equal(gn, wn) and torch.equal(gt, wt)
         torch.testing.assert_close(gl.float(), wl, atol=2e-6, rtol=2e-6)
+
+
+def emu_attention(lib, q, k, v, mask_bits, prefix_lens, scale, splits):
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    out = torch.empty_like(q)
+    po, pml = torch.empty(splits, B, Hq, T, D), torch.empty(splits, B, Hq, T, 2)
+    lib.emu_set_block_threads(ctypes.c_uint(0))
+    lib.emu_tree_attention(_p(q), _p(k), _p(v), _p(mask_bits), _p(prefix_lens), _p(out), _p(po), _p(pml), B, Hq, Hkv,
+                           T, S, D, splits, ctypes.c_double(scale), DTYPE_CODE[q.dtype])
+    return out
+
+
+ATTN_CASES = [  # B, Hq, Hkv, T, prefix_lens, S, splits
+    (2, 4, 2, 13, [5, 100], 120, 1),
+    (1, 4, 1, 20, [150], 170, 3),  # GQA group 4 (M = 80 rows: two M tiles), three KV splits
+    (2, 2, 2, 33, [0, 40], 80, 2),  # T > 32: two bitmask words; an empty prefix; a split with no keys
+]
+
+
+ATTN_PARAMS = [  # the tensor-core path on every case; the CUDA-core path (fp32, fp64, odd D) on small ones
+    pytest.param(case, dtype, D, id=f"{name}-{str(dtype)[6:]}-D{D}",
+                 marks=[pytest.mark.slow] if slow else [])
+    for name, case, dtype, D, slow in [
+        ("ragged", ATTN_CASES[0], torch.float16, 64, False),
+        ("gqa-split", ATTN_CASES[1], torch.float16, 64, False),
+        ("two-words", ATTN_CASES[2], torch.bfloat16, 128, False),
+        ("ragged", ATTN_CASES[0], torch.bfloat16, 128, True),
+        ("gqa-split", ATTN_CASES[1], torch.bfloat16, 128, True),
+        ("two-words", ATTN_CASES[2], torch.float16, 64, True),
+        ("two-words", ATTN_CASES[2], torch.float32, 64, False),
+        ("two-words", ATTN_CASES[2], torch.float16, 80, True),
+        ("two-words", ATTN_CASES[2], torch.float64, 32, True),
+    ]
+]
+
+
+@pytest.mark.parametrize("case,dtype,D", ATTN_PARAMS)
+def test_attention_kernel_matches_reference(lib, case, dtype, D):
+    B, Hq, Hkv, T, prefix, S, splits = case
+    tensor_cores = bool(lib.emu_tree_attention_uses_tensor_cores(D, DTYPE_CODE[dtype]))
+    if not tensor_cores:
+        splits = 1  # the CUDA-core path does not split
+    gen = torch.Generator().manual_seed(T * 31 + D)
+    parents = torch.full((B, T), -1, dtype=torch.int32)
+    for i in range(1, T):
+        parents[:, i] = torch.randint(max(0, i - 3), i, (B,), generator=gen).to(torch.int32)
+    bits = DraftTree(torch.zeros(B, T, dtype=torch.int64), parents).ancestor_bitmask.contiguous()
+    q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
+    k = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
+    v = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
+    pl = torch.tensor(prefix, dtype=torch.int64)
+    scale = D ** -0.5
+    got = emu_attention(lib, q, k, v, bits, pl, scale, splits)
+    want = aref.tree_attention(q, k, v, bits, pl, scale)
+    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
+    if D != 64 or dtype != torch.float16:
+        return
+    # and the masked keys matter: attending to everything gives something else
+    no_mask = torch.full_like(bits, -1)
+    assert not torch.allclose(emu_attention(lib, q, k, v, no_mask, pl, scale, splits).double(), want.double(),
+                              atol=tol, rtol=tol)

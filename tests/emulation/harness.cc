@@ -58,4 +58,32 @@ int emu_sample_topk(const void* logits, const int32_t* k, const float* gumbel, u
   rsd::launch_sample_topk(a, static_cast<rsd::DType>(dtype), nullptr);
   return 0;
 }
+
+int emu_tree_attention(const void* q, const void* k, const void* v, const int32_t* mask_bits, const int64_t* prefix_lens,
+                       void* out, float* partial_o, float* partial_ml, int B, int Hq, int Hkv, int T, int S, int D,
+                       int splits, double scale, int dtype) {
+  rsd::TreeAttentionArgs a{};
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.mask_bits = mask_bits;
+  a.prefix_lens = prefix_lens;
+  a.out = out;
+  a.partial_o = partial_o;
+  a.partial_ml = partial_ml;
+  a.B = B;
+  a.Hq = Hq;
+  a.Hkv = Hkv;
+  a.T = T;
+  a.S = S;
+  a.D = D;
+  a.splits = splits;
+  a.scale = scale;
+  rsd::launch_tree_attention(a, static_cast<rsd::DType>(dtype), nullptr);
+  return 0;
+}
+
+int emu_tree_attention_uses_tensor_cores(int D, int dtype) {
+  return rsd::tree_attention_uses_tensor_cores(D, static_cast<rsd::DType>(dtype));
+}
 }
