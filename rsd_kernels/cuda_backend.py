@@ -32,7 +32,7 @@ import torch
 
 from . import backends
 from . import noise as _noise
-from .sampling.reference import truncated_gumbel
+from .sampling.beam_merge import merge_beam_candidates
 
 __all__ = ["extension", "csrc_dir", "verify", "sample_topk", "beam_step", "tree_attention"]
 
@@ -150,31 +150,19 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
 
 @backends.register("stochastic_beam_step", "cuda")
 def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=None, offset=0):
-    """CUDA beam step: per-beam Gumbel-top-k kernel, then the truncated-Gumbel merge in torch.
+    """CUDA beam step: per-beam Gumbel-top-k kernel, then the truncated-Gumbel merge in torch
+    (:func:`rsd_kernels.sampling.beam_merge.merge_beam_candidates`).
 
     Same contract as :func:`rsd_kernels.sampling.reference.beam_step`. Noise rows are
     ``b * N + n`` (the GUMBEL stream of the reference).
     """
     B, N, V = logits.shape
-    dt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     kk = min(int(width), V)
     rows = logits.reshape(B * N, V)
     k = torch.full((B * N,), kk, dtype=torch.int32, device=logits.device)
     g_rows = None if gumbel is None else gumbel.reshape(B * N, V)
     tok, lq, g_sel, _ = _sample_rows(rows, k, kk, temperature, g_rows, seed, offset)
-    lq = lq.view(B, N, kk)
-    phi_d = phi.to(dt)[..., None]
-    active = torch.isfinite(phi_d)
-    phi_c = torch.where(active, phi_d + lq, float("-inf"))
-    g = torch.where(torch.isfinite(phi_c), phi_c + g_sel.view(B, N, kk).to(dt), float("-inf"))
-    Z = g.max(dim=-1, keepdim=True).values  # slot 0 holds the beam's largest perturbed score
-    Gc = truncated_gumbel(G.to(dt)[..., None], g, torch.where(active, Z, 0.0))
-    top = torch.topk(Gc.reshape(B, N * kk), int(width), dim=-1, sorted=True)
-    ok = torch.isfinite(top.values)
-    parent = torch.where(ok, top.indices // kk, -1)
-    token = torch.where(ok, tok.view(B, N * kk).gather(1, top.indices), -1)
-    phi_sel = torch.where(ok, phi_c.reshape(B, N * kk).gather(1, top.indices), float("-inf"))
-    return parent, token, phi_sel, top.values
+    return merge_beam_candidates(tok.view(B, N, kk), lq.view(B, N, kk), g_sel.view(B, N, kk), phi, G, width)
 
 
 @backends.register("tree_attention", "cuda")

@@ -12,8 +12,10 @@ on a GPU.
 """
 import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,12 +42,16 @@ def lib(tmp_path_factory):
                                         "rsd_kernels.h")]
     srcs += [EMU / n for n in ("host_shim.h", "harness.cc", "build.sh")]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
-    out = tmp_path_factory.getbasetemp() / f"emu-{key}"
-    so = out / "libemu.so"
+    so = Path(tempfile.gettempdir()) / "rsd-kernels-emu" / f"libemu-{key}.so"  # cached by source hash
     if not so.exists():
+        out = tmp_path_factory.mktemp("emu")
         proc = subprocess.run([str(EMU / "build.sh"), str(out)], capture_output=True, text=True, timeout=600,
                               env={"PATH": "/usr/bin:/bin:/usr/local/bin", "CUDA_INCLUDE": str(CUDA_INCLUDE)})
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        so.parent.mkdir(parents=True, exist_ok=True)
+        tmp = so.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copy(out / "libemu.so", tmp)
+        os.replace(tmp, so)  # atomic: concurrent sessions never load a half-written file
     return ctypes.CDLL(str(so))
 
 
@@ -230,3 +236,29 @@ def test_attention_kernel_matches_reference(lib, case, dtype, D):
     no_mask = torch.full_like(bits, -1)
     assert not torch.allclose(emu_attention(lib, q, k, v, no_mask, pl, scale, splits).double(), want.double(),
                               atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("N,W,V", [(1, 3, 200), (3, 5, 300), (2, 8, 6)])  # the last: width > V per beam
+def test_beam_step_composition_matches_reference(lib, N, W, V, dtype):
+    """What the CUDA backend's beam step runs: the sampling kernel per beam + merge_beam_candidates."""
+    from rsd_kernels.sampling.beam_merge import merge_beam_candidates
+
+    B = 3
+    gen = torch.Generator().manual_seed(N * 1000 + W * 10 + V)
+    logits = torch.randn(B, N, V, generator=gen, dtype=torch.float64).to(dtype)
+    phi = -torch.rand(B, N, generator=gen, dtype=torch.float64).to(dtype) * 4
+    G = torch.rand(B, N, generator=gen, dtype=torch.float64).to(dtype)
+    if N > 1:
+        phi[1, 0] = float("-inf")  # an inactive beam
+    kk = min(W, V)
+    gum = noise.gumbel_noise(5, 1, B * N, V)
+    for kw in ({"gumbel": gum}, {"seed": 5, "offset": 1}):
+        tok, lq, gz, _ = emu_sample(lib, logits.reshape(B * N, V), torch.full((B * N,), kk, dtype=torch.int32), kk,
+                                    0.8, threads=32, **kw)
+        got = merge_beam_candidates(tok.view(B, N, kk), lq.view(B, N, kk), gz.view(B, N, kk), phi, G, W)
+        ref_kw = {"gumbel": gum.view(B, N, V)} if "gumbel" in kw else kw
+        want = sref.beam_step(logits, phi, G, W, 0.8, **ref_kw)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
+        torch.testing.assert_close(got[2], want[2], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got[3], want[3], atol=1e-6, rtol=1e-6)
