@@ -6,7 +6,7 @@
 #      the CUDA-specific tests: pytest tests/ -k "kernel or cuda" (less the CPU-only compile
 #      check and CPU emulation of the kernels, which CI runs),
 #   3. the microbenchmarks: pytest bench/bench_*.py --benchmark-only,
-#   4. a short table (bench/report.py), printed last.
+#   4. a short table (bench/report.py: python bench/report.py bench.json), printed last.
 # Full results go under $OUT when it is set (build.log, tests.txt, tests.xml, bench.json,
 # bench.txt, env.txt, summary.txt), else under a temporary directory. Every step runs under a
 # timeout drawn from one overall budget (GPU_CHECK_BUDGET_S, default 450 s) so the whole run
@@ -89,6 +89,12 @@ bench_s=$(( $(date +%s) - t ))
 {
   echo "gpu_check: $(grep '^gpu:' "$RES/env.txt") | $(grep '^python' "$RES/env.txt")"
   echo "build: $build (${build_s}s) | tests: $tests_line (${tests_s}s) | bench: $bench_line (${bench_s}s) | total $(( $(date +%s) - T0 ))s"
-  if [ -s "$RES/bench.json" ]; then $PY bench/report.py "$RES/bench.json"; fi
+  if [ ! -s "$RES/bench.json" ]; then
+    echo "(no benchmark results)"
+  elif [ -f bench/report.py ]; then
+    $PY bench/report.py "$RES/bench.json"
+  else
+    echo "(bench/report.py, the table printer of the Triton branch, is not in this checkout: see $RES/bench.json)"
+  fi
 } | tee "$RES/summary.txt"
 exit $status
