@@ -106,11 +106,13 @@ def _gumbel_at(g_row, offs, mask, seed, offset, row, GEN: tl.constexpr, CT: tl.c
 
 
 @triton.jit
-def _uniform_at(u_row, j, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr):
+def _uniforms(u_row, T, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The acceptance uniforms of all nodes of the row, ``[BLOCK_T]`` (one Philox call)."""
+    idx = tl.arange(0, BLOCK_T)
     if GEN:
-        u = philox_uniform(seed, offset, row, (1 << 24) | j, j * 0)
+        u = philox_uniform(seed, offset, row, (1 << 24) | idx, idx * 0)
     else:
-        u = tl.load(u_row + j)
+        u = tl.load(u_row + idx, mask=idx < T, other=0.5)
     return u.to(CT)
 
 
@@ -134,6 +136,7 @@ def _verify_tree_kernel(
     temp = tl.load(temp_ptr).to(CT)
     idx_t = tl.arange(0, BLOCK_T)
     offs0 = tl.arange(0, BLOCK_V)
+    u_all = _uniforms(u_row, T, seed, offset, b, GEN, CT, BLOCK_T)
 
     last = 0
     nxt = 0
@@ -166,7 +169,7 @@ def _verify_tree_kernel(
                 else:
                     p0, q0 = _probs_at(t_cur, d_cur, x, True, temp, m_t, s_t, m_d, s_d, CT)
                     px, qx = _rejected(p0, q0, x, n_rej, rej_tok, rej_z, rej_d, idx_t)
-                    u = _uniform_at(u_row, j, seed, offset, b, GEN, CT)
+                    u = tl.sum(tl.where(idx_t == j, u_all, 0.0), 0)
                     acc = u * qx < px
                 if acc:
                     cur = j
@@ -253,7 +256,7 @@ def _verify_tree_kernel(
                 if cj & (acc_node < 0):
                     x = tl.load(tok_row + j)
                     px, qx = _probs_at(t_cur, d_cur, x, True, temp, m_t, s_t, m_d, s_d, CT)
-                    u = _uniform_at(u_row, j, seed, offset, b, GEN, CT)
+                    u = tl.sum(tl.where(idx_t == j, u_all, 0.0), 0)
                     if u * rho * qx < px:
                         acc_node = j
             if acc_node < 0:
