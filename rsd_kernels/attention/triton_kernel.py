@@ -24,12 +24,11 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, k_ptrs, v_ptrs, key_in, key_ok, qk_scale, DOT_DT: tl.constexpr,
-                 PREC: tl.constexpr):
-    """One K/V tile of the online softmax: ``key_in [BLOCK_N]`` says which keys exist,
-    ``key_ok [BLOCK_M, BLOCK_N]`` which scores count."""
-    k = tl.load(k_ptrs, mask=key_in[:, None], other=0.0).to(DOT_DT)
-    v = tl.load(v_ptrs, mask=key_in[:, None], other=0.0).to(DOT_DT)
+def _attend_tile(acc, m_i, l_i, q, k_blk, v_blk, key_ok, qk_scale, DOT_DT: tl.constexpr, PREC: tl.constexpr):
+    """One K/V tile of the online softmax. ``k_blk``/``v_blk`` are block pointers (rows past S
+    read as 0); ``key_ok [BLOCK_M, BLOCK_N]`` says which scores count."""
+    k = tl.load(k_blk, boundary_check=(0,), padding_option="zero").to(DOT_DT)
+    v = tl.load(v_blk, boundary_check=(0,), padding_option="zero").to(DOT_DT)
     s = tl.dot(q, tl.trans(k), input_precision=PREC, out_dtype=acc.dtype) * qk_scale
     s = tl.where(key_ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -69,15 +68,17 @@ def _tree_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), ACC_DT)
     l_i = tl.zeros([BLOCK_M], ACC_DT)
     n0 = tl.arange(0, BLOCK_N)
+    k_base = k_ptr + kv_base
+    v_base = v_ptr + kv_base
     # ---- prefix keys of this split: [start, min(start + split_len, L)), no mask ----
     start = split * split_len
     end = tl.minimum(start + split_len, L)
     for s0 in range(start, end, BLOCK_N):
         keys = s0 + n0
-        key_in = keys < end
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_ptr + kv_base + keys[:, None] * D + d[None, :],
-                                     v_ptr + kv_base + keys[:, None] * D + d[None, :], key_in,
-                                     row_ok[:, None] & key_in[None, :], qk_scale, DOT_DT, PREC)
+        k_blk = tl.make_block_ptr(k_base, (S, D), (D, 1), (s0, 0), (BLOCK_N, D), (1, 0))
+        v_blk = tl.make_block_ptr(v_base, (S, D), (D, 1), (s0, 0), (BLOCK_N, D), (1, 0))
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_blk, v_blk, row_ok[:, None] & (keys < end)[None, :],
+                                     qk_scale, DOT_DT, PREC)
     # ---- tree keys (last split): node j at L + j, visible iff bit j of row t's mask ----
     if split == NUM_SPLITS - 1:
         for j0 in range(0, T, BLOCK_N):
@@ -85,10 +86,9 @@ def _tree_attention_kernel(
             words = tl.load(bits_ptr + (b * T + t_of_row)[:, None] * W + (j // 32)[None, :],
                             mask=row_ok[:, None] & (j < T)[None, :], other=0)
             key_ok = ((words >> (j % 32)[None, :]) & 1) != 0
-            keys = L + j
-            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_ptr + kv_base + keys[:, None] * D + d[None, :],
-                                         v_ptr + kv_base + keys[:, None] * D + d[None, :], j < T, key_ok, qk_scale,
-                                         DOT_DT, PREC)
+            k_blk = tl.make_block_ptr(k_base, (S, D), (D, 1), (L + j0, 0), (BLOCK_N, D), (1, 0))
+            v_blk = tl.make_block_ptr(v_base, (S, D), (D, 1), (L + j0, 0), (BLOCK_N, D), (1, 0))
+            acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k_blk, v_blk, key_ok, qk_scale, DOT_DT, PREC)
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     o = acc / l_safe[:, None]
     if NUM_SPLITS == 1:
@@ -137,13 +137,24 @@ def default_num_splits(B, Hkv, m_blocks, max_prefix, device, min_keys_per_split=
     return int(max(1, min(want, triton.cdiv(max_prefix, min_keys_per_split), 64)))
 
 
+def launch_config(D: int, M: int):
+    """``(BLOCK_M, BLOCK_N, num_warps)`` for head dim D and M = (Hq / Hkv) * T query rows.
+
+    Chosen so that ptxas reports no register spills for sm_90 (see
+    tests/test_triton_compile_sm90.py, which compiles these configurations).
+    """
+    block_m = min(max(16, triton.next_power_of_2(M)), 64)
+    block_n = 64 if D <= 64 else 32
+    return block_m, block_n, 8 if block_m >= 32 else 4
+
+
 def tree_attention(q, k, v, mask_bits, prefix_lens, scale: float):
     """Triton tree attention; arguments and result as :func:`.reference.tree_attention`."""
     return tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale)
 
 
 def tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale: float, *, num_splits=None, block_m=None,
-                          block_n=64):
+                          block_n=None):
     """:func:`tree_attention` with the split-KV count and tile sizes exposed (tests, benchmarks)."""
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -156,8 +167,9 @@ def tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale: float, *, num_
     if B == 0 or Hq == 0:
         return out
     M = group * T
-    if block_m is None:
-        block_m = min(max(16, triton.next_power_of_2(M)), 64 if D <= 64 else 32 if q.dtype == torch.float32 else 64)
+    cfg_m, cfg_n, num_warps = launch_config(D, M)
+    block_m = block_m or cfg_m
+    block_n = block_n or cfg_n
     m_blocks = triton.cdiv(M, block_m)
     max_prefix = int(prefix_lens.max())
     if num_splits is None:
@@ -166,7 +178,7 @@ def tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale: float, *, num_
     split_len = triton.cdiv(triton.cdiv(max(max_prefix, 1), num_splits), block_n) * block_n
     W = mask_bits.shape[-1]
     qk_scale = float(scale) * LOG2E
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    prec = "tf32x3" if q.dtype == torch.float32 else "tf32"  # fp32: 3xTF32, about fp32 accuracy
     # The Triton 3.6 interpreter multiplies the raw bits of bfloat16 operands in tl.dot; under
     # TRITON_INTERPRET=1 bf16 tiles are therefore multiplied in fp32 (compiled code: bf16 MMA).
     dot_fp32 = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
@@ -179,7 +191,7 @@ def tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale: float, *, num_
         q, k, v, mask_bits, prefix_lens, out, part, lse, Hq, Hkv, T, S, W, split_len, qk_scale,
         GROUP=group, D=D, BLOCK_M=block_m, BLOCK_N=block_n, NUM_SPLITS=num_splits, ACC_DT=tl.float32, PREC=prec,
         DOT_FP32=dot_fp32,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=2,
     )
     if num_splits > 1:
         n_rows = B * Hq * T
