@@ -50,7 +50,8 @@ def test_tree_attention(benchmark, backend, shape):
         allowed = tree_key_mask(tree.dense_mask, prefix, S)[:, None]  # [B, 1, T, S] bool
         g = Hq // Hkv
         kk, vv = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)  # counted: SDPA has no GQA here
-        fn = lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed, scale=scale)  # noqa: E731
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        fn = lambda: sdpa(q, kk, vv, attn_mask=allowed, scale=scale)  # noqa: E731
     elif backend == "flex":
         allowed = tree_key_mask(tree.dense_mask, prefix, S)
 

@@ -28,12 +28,14 @@ A = "rsd_kernels.attention.triton_kernel"
 
 def _verify_specs():
     out = []
-    for mode, gen, dt, ct in [(0, True, "bf16", "fp32"), (0, False, "fp16", "fp32"), (1, True, "fp32", "fp32"),
-                              (1, False, "bf16", "fp32"), (2, False, "fp16", "fp32"), (0, True, "fp64", "fp64")]:
+    for mode, gen, dt, ct, *bt in [(0, True, "bf16", "fp32"), (1, False, "fp32", "fp32"), (2, False, "fp16", "fp32"),
+                                   (0, True, "fp64", "fp64"), (1, True, "bf16", "fp32", 256),
+                                   (0, False, "fp16", "fp32", 256)]:
         sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
-               "u_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "path_ptr": "*i64", "nacc_ptr": "*i64",
-               "next_ptr": "*i64", "T": "i32", "V": "i32", "P": "i32", "seed": "i64", "offset": "i64"}
-        const = {"MODE": mode, "GEN": gen, "CT": ct, "RHO_STEPS": 40, "BLOCK_T": 64, "BLOCK_V": 4096, "BLOCK_P": 16}
+               "u_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "path_ptr": "*i64",
+               "nacc_ptr": "*i64", "next_ptr": "*i64", "T": "i32", "V": "i32", "P": "i32", "seed": "i64", "offset": "i64"}
+        const = {"MODE": mode, "GEN": gen, "CT": ct, "RHO_STEPS": 40, "BLOCK_T": bt[0] if bt else 64, "BLOCK_V": 4096,
+                 "BLOCK_P": 16}
         out.append((V, "_verify_tree_kernel", sig, const, 8))
     return out
 
@@ -42,14 +44,14 @@ def _sampling_specs():
     out = []
     for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
                                    (False, False, "fp16", "fp32", 2), (True, True, "fp64", "fp64", 64)]:
-        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "tok_ptr": "*i64",
-               "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64", "offset": "i64"}
+        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
+               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64", "offset": "i64"}
         const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "BLOCK_V": 4096}
         out.append((S, "_sample_topk_kernel", sig, const, 8))
     for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
         sig = {"logits_ptr": _F[dt], "phi_ptr": "*fp32", "G_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct],
-               "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32", "W": "i32", "seed": "i64",
-               "offset": "i64"}
+               "temp_val": "fp32", "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32", "W": "i32",
+               "seed": "i64", "offset": "i64"}
         out.append((S, "_beam_candidates_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "BLOCK_V": 4096}, 8))
     return out
 

@@ -34,6 +34,16 @@ def _log1p(x):
 
 
 @triton.jit
+def _temperature(temp_ptr, temp_val, CT: tl.constexpr):
+    """A float64 temperature comes in a tensor (scalar kernel arguments are fp32)."""
+    if CT == tl.float64:
+        t = tl.load(temp_ptr).to(CT)
+    else:
+        t = temp_val + tl.zeros([], CT)  # (a literal 1.0 arrives as a Python float)
+    return t
+
+
+@triton.jit
 def _merge_topk(top_v, top_i, sc, offs, KMAX, KB: tl.constexpr):
     """The sorted top-``KMAX`` of (running ``top_v/top_i``) and (tile scores ``sc`` at ``offs``)."""
     pos = tl.arange(0, KB)
@@ -95,13 +105,13 @@ def _scan_row(row_ptr, g_row, V, temp, seed, offset, row, KMAX,
 
 
 @triton.jit
-def _sample_topk_kernel(logits_ptr, k_ptr, g_ptr, temp_ptr, tok_ptr, lp_ptr, num_ptr, V, KMAX, seed, offset,
+def _sample_topk_kernel(logits_ptr, k_ptr, g_ptr, temp_ptr, temp_val, tok_ptr, lp_ptr, num_ptr, V, KMAX, seed, offset,
                         NOISE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr,
                         BLOCK_V: tl.constexpr):
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     row_ptr = logits_ptr + r64 * V
-    temp = tl.load(temp_ptr).to(CT)
+    temp = _temperature(temp_ptr, temp_val, CT)
     m, s, support, top_v, top_i = _scan_row(row_ptr, g_ptr + r64 * V, V, temp, seed, offset, r, KMAX,
                                             NOISE, GEN, CT, KB, BLOCK_V)
     pos = tl.arange(0, KB)
@@ -115,14 +125,14 @@ def _sample_topk_kernel(logits_ptr, k_ptr, g_ptr, temp_ptr, tok_ptr, lp_ptr, num
 
 
 @triton.jit
-def _beam_candidates_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, tok_ptr, phic_ptr, Gc_ptr, V, W, seed,
-                            offset, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, BLOCK_V: tl.constexpr):
+def _beam_candidates_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, temp_val, tok_ptr, phic_ptr, Gc_ptr, V, W,
+                            seed, offset, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, BLOCK_V: tl.constexpr):
     """Row r = b * N + n: this beam's top-W candidates (token, phi_c, G_c), G_c descending."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
     row_ptr = logits_ptr + r64 * V
     g_row = g_ptr + r64 * V
-    temp = tl.load(temp_ptr).to(CT)
+    temp = _temperature(temp_ptr, temp_val, CT)
     phi = tl.load(phi_ptr + r).to(CT)
     G = tl.load(G_ptr + r).to(CT)
     m, s, support, top_v, top_i = _scan_row(row_ptr, g_row, V, temp, seed, offset, r, W, True, GEN, CT, KB, BLOCK_V)
@@ -158,6 +168,12 @@ def _block_v(V, block_v):
     return min(max(16, triton.next_power_of_2(V)), 4096)
 
 
+def _temperature_tensor(t, ct, placeholder):
+    """fp64 only: the temperature as a device tensor; otherwise it travels as a scalar
+    argument and no host-to-device copy happens (the launch stays CUDA-graph capturable)."""
+    return torch.tensor([t], dtype=ct, device=placeholder.device) if ct == torch.float64 else placeholder
+
+
 def _check_noise(gumbel, seed, offset):
     if gumbel is None:
         if seed is None:
@@ -180,10 +196,11 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     num = torch.empty(R, dtype=torch.int32, device=dev)
     if R == 0:
         return tokens, lp, num
-    temp = torch.tensor([temperature if noisy else 1.0], dtype=ct, device=dev)
+    t = temperature if noisy else 1.0
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
+    temp = _temperature_tensor(t, ct, g)
     bv = _block_v(V, block_v)
-    _sample_topk_kernel[(R,)](logits, k, g, temp, tokens, lp, num, V, kmax, 0 if seed is None else int(seed),
+    _sample_topk_kernel[(R,)](logits, k, g, temp, float(t), tokens, lp, num, V, kmax, 0 if seed is None else int(seed),
                               int(offset), NOISE=noisy, GEN=noisy and gumbel is None, CT=_tl_dtype(ct),
                               KB=max(2, triton.next_power_of_2(kmax)), BLOCK_V=bv, num_warps=4 if bv <= 1024 else 8)
     return tokens, lp, num
@@ -205,11 +222,11 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
     tok = torch.empty(B, N, Wb, dtype=torch.int64, device=dev)
     phi_c = torch.empty(B, N, Wb, dtype=ct, device=dev)
     Gc = torch.empty(B, N, Wb, dtype=ct, device=dev)
-    temp = torch.tensor([temperature], dtype=ct, device=dev)
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
+    temp = _temperature_tensor(temperature, ct, g)
     bv = _block_v(V, block_v)
     if B * N:
-        _beam_candidates_kernel[(B * N,)](logits, phi, G, g, temp, tok, phi_c, Gc, V, Wb,
+        _beam_candidates_kernel[(B * N,)](logits, phi, G, g, temp, float(temperature), tok, phi_c, Gc, V, Wb,
                                           0 if seed is None else int(seed), int(offset), GEN=gumbel is None,
                                           CT=_tl_dtype(ct), KB=max(2, triton.next_power_of_2(Wb)), BLOCK_V=bv,
                                           num_warps=4 if bv <= 1024 else 8)

@@ -118,7 +118,7 @@ def _uniforms(u_row, T, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr, 
 
 @triton.jit
 def _verify_tree_kernel(
-    tl_ptr, dl_ptr, tok_ptr, par_ptr, nn_ptr, u_ptr, g_ptr, temp_ptr,
+    tl_ptr, dl_ptr, tok_ptr, par_ptr, nn_ptr, u_ptr, g_ptr, temp_ptr, temp_val,
     path_ptr, nacc_ptr, next_ptr,
     T, V, P, seed, offset,
     MODE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, RHO_STEPS: tl.constexpr,
@@ -133,7 +133,10 @@ def _verify_tree_kernel(
     u_row = u_ptr + row64 * T
     g_row = g_ptr + row64 * V
     nn = tl.load(nn_ptr + b)
-    temp = tl.load(temp_ptr).to(CT)
+    if CT == tl.float64:  # a float64 temperature needs a tensor (scalar kernel arguments are fp32)
+        temp = tl.load(temp_ptr).to(CT)
+    else:
+        temp = temp_val + tl.zeros([], CT)  # (a literal 1.0 arrives as a Python float)
     idx_t = tl.arange(0, BLOCK_T)
     offs0 = tl.arange(0, BLOCK_V)
     u_all = _uniforms(u_row, T, seed, offset, b, GEN, CT, BLOCK_T)
@@ -343,12 +346,13 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
     dummy = torch.zeros(1, dtype=torch.float32, device=dev)
     u = dummy if uniform is None else uniform
     g = dummy if gumbel is None else gumbel
-    temp = torch.tensor([temperature], dtype=ct, device=dev)
+    # no host-to-device copy unless fp64 (keeps the launch capturable in a CUDA graph)
+    temp = torch.tensor([temperature], dtype=ct, device=dev) if ct == torch.float64 else dummy
     if block_v is None:
         block_v = min(_next_pow2(V, 16), 4096)
     _verify_tree_kernel[(B,)](
         target_logits, target_logits if draft_logits is None else draft_logits, tokens, parents, num_nodes,
-        u, g, temp, path, nacc, nxt, T, V, P, 0 if seed is None else int(seed), int(offset),
+        u, g, temp, float(temperature), path, nacc, nxt, T, V, P, 0 if seed is None else int(seed), int(offset),
         MODE=MODE_IDS[mode], GEN=gen, CT=tl.float64 if ct == torch.float64 else tl.float32, RHO_STEPS=RHO_ITERS,
         BLOCK_T=_next_pow2(T, 16), BLOCK_V=block_v, BLOCK_P=_next_pow2(P, 16), num_warps=4 if block_v <= 1024 else 8,
     )
