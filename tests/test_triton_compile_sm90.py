@@ -33,7 +33,8 @@ def _verify_specs():
                                    (0, False, "fp16", "fp32", 256)]:
         sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
                "u_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "path_ptr": "*i64",
-               "nacc_ptr": "*i64", "next_ptr": "*i64", "T": "i32", "V": "i32", "P": "i32", "seed": "i64", "offset": "i64"}
+               "nacc_ptr": "*i64", "next_ptr": "*i64", "T": "i32", "V": "i32", "P": "i32", "seed": "i64",
+               "offset": "i64"}
         const = {"MODE": mode, "GEN": gen, "CT": ct, "RHO_STEPS": 40, "BLOCK_T": bt[0] if bt else 64, "BLOCK_V": 4096,
                  "BLOCK_P": 16}
         out.append((V, "_verify_tree_kernel", sig, const, 8))
@@ -45,7 +46,8 @@ def _sampling_specs():
     for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
                                    (False, False, "fp16", "fp32", 2), (True, True, "fp64", "fp64", 64)]:
         sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64", "offset": "i64"}
+               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64",
+               "offset": "i64"}
         const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "BLOCK_V": 4096}
         out.append((S, "_sample_topk_kernel", sig, const, 8))
     for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:

@@ -117,6 +117,18 @@ def _uniforms(u_row, T, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr, 
 
 
 @triton.jit
+def _in_group(group, par_v, idx_t, BLOCK_T: tl.constexpr):
+    """``group[par_v[j]]`` for every j (False for ``par_v < 0``), via the group packed into
+    ``BLOCK_T / 32`` bit words: [BLOCK_T, words] work instead of a [BLOCK_T, BLOCK_T] matrix."""
+    NW: tl.constexpr = (BLOCK_T + 31) // 32
+    widx = tl.arange(0, NW)
+    bits = tl.where(group, 1, 0)[:, None] << (idx_t % 32)[:, None]
+    words = tl.sum(tl.where((idx_t // 32)[:, None] == widx[None, :], bits, 0), 0)  # distinct bits: sum == or
+    pw = tl.sum(tl.where((par_v // 32)[:, None] == widx[None, :], words[None, :], 0), 1)
+    return (par_v >= 0) & (((pw >> (par_v % 32)) & 1) != 0)
+
+
+@triton.jit
 def _verify_tree_kernel(
     tl_ptr, dl_ptr, tok_ptr, par_ptr, nn_ptr, u_ptr, g_ptr, temp_ptr, temp_val,
     path_ptr, nacc_ptr, next_ptr,
@@ -227,8 +239,7 @@ def _verify_tree_kernel(
         rep = 0
         active = True
         while active:
-            member = (par_v[:, None] == idx_t[None, :]) & group[None, :]
-            cand = (tl.sum(member.to(tl.int32), 1) > 0) & valid_v
+            cand = _in_group(group, par_v, idx_t, BLOCK_T) & valid_v
             k = tl.sum(cand.to(tl.int32), 0)
             t_cur = t_base + rep * V
             d_cur = d_base + rep * V
