@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from rsd_kernels import DraftTree, noise
+from rsd_kernels import DraftTree, backends, noise
 from rsd_kernels import library  # noqa: F401  registers torch.ops.rsd
 from rsd_kernels.attention import reference as attn_ref
 from rsd_kernels.verify import reference as verify_ref
@@ -54,10 +54,21 @@ CASES = {
 }
 
 
+def _backends():
+    from conftest import DEVICE
+
+    out = ["torch"]
+    if "triton" in backends.available("tree_attention", DEVICE) and DEVICE == "cpu":
+        out.append("triton")  # under the interpreter: inputs here are CPU tensors
+    return out
+
+
+@pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("name", list(CASES))
-def test_opcheck(name):
+def test_opcheck(name, backend):
     op, args = CASES[name]
-    torch.library.opcheck(op(), args(), test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    args = args()[:-1] + (backend,)
+    torch.library.opcheck(op(), args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 def test_ops_return_the_reference_results():
