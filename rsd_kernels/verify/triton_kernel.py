@@ -152,6 +152,9 @@ def _verify_tree_kernel(
     idx_t = tl.arange(0, BLOCK_T)
     offs0 = tl.arange(0, BLOCK_V)
     u_all = _uniforms(u_row, T, seed, offset, b, GEN, CT, BLOCK_T)
+    # the row's tree in registers: the walk reads node j's fields with a register reduction
+    par_v = tl.load(par_row + idx_t, mask=idx_t < T, other=-1)
+    tok_v = tl.load(tok_row + idx_t, mask=idx_t < T, other=-1)
 
     last = 0
     nxt = 0
@@ -173,9 +176,9 @@ def _verify_tree_kernel(
             m_t, s_t = _stats(t_base, V, temp, CT, BLOCK_V)
             m_d, s_d = _stats(d_base, V, temp, CT, BLOCK_V)
         for j in range(1, T):
-            par = tl.load(par_row + j)
+            par = tl.sum(tl.where(idx_t == j, par_v, 0), 0)
             if (j < nn) & (par == cur):
-                x = tl.load(tok_row + j)
+                x = tl.sum(tl.where(idx_t == j, tok_v, 0), 0)
                 t_cur = t_base + cur * V
                 d_cur = d_base + cur * V
                 if MODE == 2:
@@ -232,8 +235,6 @@ def _verify_tree_kernel(
             nxt = arg
     else:
         # ---------------- kseq: level by level over groups of equal-context nodes ----------------
-        par_v = tl.load(par_row + idx_t, mask=idx_t < T, other=-1)
-        tok_v = tl.load(tok_row + idx_t, mask=idx_t < T, other=-1)
         valid_v = idx_t < nn
         group = idx_t == 0
         rep = 0
@@ -268,7 +269,7 @@ def _verify_tree_kernel(
             for j in range(1, T):
                 cj = tl.sum(tl.where(idx_t == j, cand.to(tl.int32), 0), 0) > 0
                 if cj & (acc_node < 0):
-                    x = tl.load(tok_row + j)
+                    x = tl.sum(tl.where(idx_t == j, tok_v, 0), 0)
                     px, qx = _probs_at(t_cur, d_cur, x, True, temp, m_t, s_t, m_d, s_d, CT)
                     u = tl.sum(tl.where(idx_t == j, u_all, 0.0), 0)
                     if u * rho * qx < px:
