@@ -151,6 +151,96 @@ def _prompt_tensor(prompt_ids, device):
     return ids.to(device)
 
 
+class Decoder:
+    """The decoding state of one prompt: both adapters' KV caches and the loop state.
+
+    :func:`generate` drives it (``prefill`` once, then ``step`` per block); tests use
+    :meth:`snapshot`/:meth:`restore` to run many single blocks from one prefill. Arguments
+    as in :func:`generate`.
+    """
+
+    def __init__(self, target, draft, method="rsd-s", config=None, budget=None, *, temperature=0.0, top_k=None,
+                 top_p=None, seed=None, attention="sdpa", backend="auto"):
+        self.config = resolve_config(method, config, budget)
+        self.method = method
+        self.temperature = rsd_kernels.checks.temperature(temperature)
+        if self.temperature > 0:  # validate the warps once, up front
+            rsd_kernels.warp_logits(torch.zeros(1, 2), self.temperature, top_k, top_p)
+        self.samp = dict(temperature=self.temperature, top_k=top_k, top_p=top_p)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        rsd_kernels.noise._check_seed(seed, 0)
+        self.seed, self.backend = seed, backend
+        self.target = _as_adapter(target, attention, backend)
+        self.draft = None
+        if method != "ar":
+            if draft is None:
+                raise ValueError(f"method {method!r} needs a draft model")
+            self.draft = _as_adapter(draft, "eager" if attention == "eager" else "sdpa", backend)
+            if self.draft.vocab_size != self.target.vocab_size:
+                raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
+                                 f"({self.target.vocab_size})")
+        self.state = None
+        self.block = 0
+
+    @property
+    def depth(self) -> int:
+        return 1 if self.config is None else self.config.depth
+
+    def prefill(self, prompt_ids) -> float:
+        """Reset both caches and process the prompt (all but its last token, the first root)."""
+        tgt = self.target
+        ids = _prompt_tensor(prompt_ids, tgt.device)
+        if int(ids.max()) >= tgt.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"prompt_ids must lie in [0, {tgt.vocab_size}), got range "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        ctx = tgt.max_positions
+        if ctx is not None and ids.numel() + self.depth > ctx:
+            raise ValueError(f"the prompt has {ids.numel()} tokens but the target's context is {ctx} tokens "
+                             f"(max_position_embeddings): no {self.method} block fits after it")
+        t0 = time.perf_counter()
+        for m in (tgt, self.draft):
+            if m is not None:
+                m.reset()
+                if ids.numel() > 1:
+                    m.forward_chain(ids[None, :-1])
+        self.state = _LoopState(root=int(ids[-1]), pending=[])
+        self.block = 0
+        return time.perf_counter() - t0
+
+    def fits(self) -> bool:
+        """Whether one more block fits the target's context."""
+        ctx = self.target.max_positions
+        return ctx is None or self.target.length + self.depth + 1 <= ctx
+
+    def step(self):
+        """One block (``ar``: one target step): returns (committed tokens, :class:`BlockStats`)."""
+        if self.state is None:
+            raise RuntimeError("call prefill(prompt_ids) before step()")
+        if self.config is None:
+            out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
+        else:
+            out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
+                            self.backend)
+        self.block += 1
+        return out
+
+    def snapshot(self):
+        return (self.target.snapshot(), None if self.draft is None else self.draft.snapshot(),
+                _LoopState(self.state.root, list(self.state.pending)), self.block)
+
+    def restore(self, snap, *, seed=None):
+        """Go back to ``snap``; optionally with a new ``seed`` (repeated runs of one block)."""
+        t, d, st, block = snap
+        self.target.restore(t)
+        if d is not None:
+            self.draft.restore(d)
+        self.state, self.block = _LoopState(st.root, list(st.pending)), block
+        if seed is not None:
+            rsd_kernels.noise._check_seed(seed, 0)
+            self.seed = seed
+
+
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
@@ -171,54 +261,22 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             for the target's verification forward).
         backend: the ``rsd_kernels`` backend for every tree op.
         progress: optional callable ``progress(num_new_tokens)`` called after each block.
+
+    Raises ``ValueError`` for an unknown method, a config that does not match the budget,
+    target and draft vocabularies that differ, or a prompt that leaves no room in the context.
     """
-    cfg = resolve_config(method, config, budget)
-    temperature = rsd_kernels.checks.temperature(temperature)
+    dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
+                  seed=seed, attention=attention, backend=backend)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)))
-    rsd_kernels.noise._check_seed(seed, 0)
     eos = _eos_set(eos_token_id)
-    tgt = _as_adapter(target, attention, backend)
-    drf = None
-    if method != "ar":
-        if draft is None:
-            raise ValueError(f"method {method!r} needs a draft model")
-        drf = _as_adapter(draft, "eager" if attention == "eager" else "sdpa", backend)
-        if drf.vocab_size != tgt.vocab_size:
-            raise ValueError(f"draft vocabulary ({drf.vocab_size}) differs from the target's ({tgt.vocab_size})")
-    ids = _prompt_tensor(prompt_ids, tgt.device)
-    if int(ids.max()) >= tgt.vocab_size or int(ids.min()) < 0:
-        raise ValueError(f"prompt_ids must lie in [0, {tgt.vocab_size}), got range [{int(ids.min())}, {int(ids.max())}]")
-    ctx = tgt.max_positions
-    if ctx is not None and ids.numel() >= ctx:
-        raise ValueError(f"the prompt has {ids.numel()} tokens but the target's context is {ctx} tokens "
-                         "(max_position_embeddings): nothing can be generated")
-    samp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    if temperature > 0:  # validate the warps once, up front
-        rsd_kernels.warp_logits(torch.zeros(1, 2), temperature, top_k, top_p)
-
-    result = GenerationResult([], method, cfg, seed=seed)
-    t0 = time.perf_counter()
-    for m in (tgt, drf):
-        if m is not None:
-            m.reset()
-            if ids.numel() > 1:
-                m.forward_chain(ids[None, :-1])
-    result.prefill_s = time.perf_counter() - t0
-    state = _LoopState(root=int(ids[-1]), pending=[])
-    block = 0
+    result = GenerationResult([], method, dec.config, seed=dec.seed)
+    result.prefill_s = dec.prefill(prompt_ids)
     while len(result.tokens) < max_new_tokens:
-        depth = 1 if cfg is None else cfg.depth
-        if ctx is not None and tgt.length + depth + 1 > ctx:
+        if not dec.fits():
             result.stop_reason = "context"
             break
-        if cfg is None:
-            new, stats = _ar_step(tgt, state, samp, seed, block)
-        else:
-            new, stats = _sd_block(tgt, drf, cfg, state, samp, seed, block, backend)
-        block += 1
+        new, stats = dec.step()
         room = max_new_tokens - len(result.tokens)
         stop = None
         for j, t in enumerate(new[:room]):
