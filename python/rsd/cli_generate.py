@@ -6,7 +6,8 @@ The summary line::
 
 ``speed-up`` is the method's decoding token rate over target-only autoregressive decoding
 (``ar``) of the same prompt with the same sampling settings, run in the same process right
-after it (``--no-baseline`` skips it). Rates exclude the prefill.
+after it (``--no-baseline`` skips it). Rates exclude the prefill. Before the timed runs, one
+untimed two-token run of each warms the models up.
 """
 from __future__ import annotations
 
@@ -128,6 +129,10 @@ def run(args) -> int:
     target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
     draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
                                                           else "sdpa", kernel_backend=args.backend)
+    warm = dict(common, max_new_tokens=2)
+    generate(target_adapter, draft_adapter, ids, method, cfg, **warm)  # untimed warm-up
+    if draft_adapter is not None and not args.no_baseline:
+        generate(target_adapter, None, ids, "ar", **warm)
     res = _with_progress(lambda cb: generate(target_adapter, draft_adapter, ids, method, cfg, progress=cb, **common),
                          args, f"{method}")
     baseline = None

@@ -76,7 +76,7 @@ def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=
     if spec == "embedded":
         loader = _shipped_draft_loader()
         if loader is not None:
-            model = loader(target.model)
+            model = loader(target.model, dtype=dt)
             loaded = LoadedModel(model, None, "embedded trained draft (rsd.draft.load_embedded_draft)")
         else:
             loaded = truncated_draft(target.model, STANDIN_LAYERS)
