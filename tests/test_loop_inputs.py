@@ -150,3 +150,28 @@ def test_cli_generate_text(monkeypatch, capsys):
                  "--no-baseline"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("sd 2 (budget 2) | 4 tokens | block efficiency")
+
+
+class _RestrictedDraft(torch.nn.Module):
+    """Like the shipped draft's head: logits -inf outside a kept subset of the vocabulary."""
+
+    def __init__(self, inner, kept):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.register_buffer("mask", torch.full((inner.config.vocab_size,), float("-inf")))
+        self.mask[kept] = 0.0
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        out.logits = out.logits + self.mask
+        return out
+
+
+@pytest.mark.parametrize("method,config", [("sd", "3"), ("spectr", "2x2"), ("rsd-c", "3,2"), ("rsd-s", "3x2")])
+def test_draft_with_zero_probability_tokens(tiny_pair, method, config):
+    target, inner = tiny_pair
+    draft = _RestrictedDraft(inner, torch.arange(0, 64, 2))  # even tokens only
+    ref = greedy_by_recompute(target, [3, 1, 4], 12)
+    assert generate(target, draft, [3, 1, 4], method, config, max_new_tokens=12).tokens == ref
+    r = generate(target, draft, [3, 1, 4], method, config, temperature=1.0, max_new_tokens=12, seed=3)
+    assert len(r.tokens) == 12 and all(0 <= t < 64 for t in r.tokens)
