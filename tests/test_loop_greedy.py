@@ -60,3 +60,13 @@ def test_rsd_attention_path_greedy_exact(reference):
     finally:
         tgt.set_attn_implementation("sdpa")
     assert r.tokens == reference
+
+
+def test_rsd_attention_with_self_draft(reference):
+    """The draft is the target module itself and the target uses --attention rsd."""
+    tgt = embedded_target().model
+    try:
+        r = generate(tgt, tgt, chat_ids(), "rsd-c", "2,1", max_new_tokens=N, attention="rsd")
+    finally:
+        tgt.set_attn_implementation("sdpa")
+    assert r.tokens == reference

@@ -176,7 +176,11 @@ class Decoder:
         if method != "ar":
             if draft is None:
                 raise ValueError(f"method {method!r} needs a draft model")
-            self.draft = _as_adapter(draft, "eager" if attention == "eager" else "sdpa", backend)
+            # draft forwards are never tree-layout forwards: they take the 4D-mask path. (A draft that is
+            # the target module itself keeps the target's implementation: "rsd_tree" is SDPA for them.)
+            same = draft is target or draft is self.target.model
+            self.draft = _as_adapter(draft, attention if same else "eager" if attention == "eager" else "sdpa",
+                                     backend)
             if self.draft.vocab_size != self.target.vocab_size:
                 raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
                                  f"({self.target.vocab_size})")
