@@ -175,3 +175,21 @@ def test_draft_with_zero_probability_tokens(tiny_pair, method, config):
     assert generate(target, draft, [3, 1, 4], method, config, max_new_tokens=12).tokens == ref
     r = generate(target, draft, [3, 1, 4], method, config, temperature=1.0, max_new_tokens=12, seed=3)
     assert len(r.tokens) == 12 and all(0 <= t < 64 for t in r.tokens)
+
+
+@pytest.mark.slow
+def test_load_from_local_folder(tmp_path):
+    """--target/--draft accept a local folder (the same code path as a Hugging Face model id)."""
+    from rsd.models import load_draft, load_target
+
+    tok = embedded_target().tokenizer
+    model = tiny_llama(vocab_size=len(tok), max_positions=128)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    tgt = load_target(str(tmp_path))
+    drf = load_draft(str(tmp_path), tgt)
+    assert tgt.label == str(tmp_path) and drf.tokenizer is not None
+    ids = tok("Hello there")["input_ids"]
+    r = generate(tgt.model, drf.model, ids, "rsd-s", "2x2", max_new_tokens=6)
+    assert r.tokens == greedy_by_recompute(tgt.model, ids, 6)
+    assert all(a == 2 for a in r.accepted_lengths[:-1])  # identical weights: everything accepted
