@@ -121,7 +121,7 @@ class ModelAdapter:
         self.length = length
 
     # ---- forwards ---------------------------------------------------------------------
-    def _check_room(self, n_new: int, max_pos: int):
+    def _check_room(self, max_pos: int):
         if self.max_positions is not None and max_pos >= self.max_positions:
             raise ValueError(f"sequence position {max_pos} exceeds the model's context "
                              f"(max_position_embeddings={self.max_positions})")
@@ -138,7 +138,7 @@ class ModelAdapter:
         if n == 0:
             raise ValueError("forward needs at least one token")
         S = self.length + n
-        self._check_room(n, int(position_ids.max()))
+        self._check_room(int(position_ids.max()))
         if allowed is None:
             allowed = torch.ones(1, n, S, dtype=torch.bool, device=self.device)
             allowed[0, :, self.length:] = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
@@ -166,7 +166,7 @@ class ModelAdapter:
         prefix = self.length
         pos = tree.position_ids(prefix)
         if self.attention == "rsd":
-            self._check_room(tree.max_nodes, int(pos.max()))
+            self._check_room(int(pos.max()))
             plens = torch.tensor([prefix], dtype=torch.int64, device=self.device)
             out = self.model(input_ids=tree.tokens.to(self.device), attention_mask=None, position_ids=pos,
                              past_key_values=self.cache, use_cache=True, rsd_tree_bits=tree.ancestor_bitmask,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 import rsd_kernels
+from rsd_kernels import checks, noise
 from rsd_kernels.methods import METHODS, TreeConfig, default_config, parse_config
 
 from .adapter import ModelAdapter
@@ -163,13 +164,13 @@ class Decoder:
                  top_p=None, seed=None, attention="sdpa", backend="auto"):
         self.config = resolve_config(method, config, budget)
         self.method = method
-        self.temperature = rsd_kernels.checks.temperature(temperature)
+        self.temperature = checks.temperature(temperature)
         if self.temperature > 0:  # validate the warps once, up front
             rsd_kernels.warp_logits(torch.zeros(1, 2), self.temperature, top_k, top_p)
         self.samp = dict(temperature=self.temperature, top_k=top_k, top_p=top_p)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
-        rsd_kernels.noise._check_seed(seed, 0)
+        noise._check_seed(seed, 0)
         self.seed, self.backend = seed, backend
         self.target = _as_adapter(target, attention, backend)
         self.draft = None
@@ -241,7 +242,7 @@ class Decoder:
             self.draft.restore(d)
         self.state, self.block = _LoopState(st.root, list(st.pending)), block
         if seed is not None:
-            rsd_kernels.noise._check_seed(seed, 0)
+            noise._check_seed(seed, 0)
             self.seed = seed
 
 
