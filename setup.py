@@ -13,8 +13,10 @@ ninja on first use (``rsd_kernels.cuda_backend``).
 """
 import glob
 import os
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 
 def _want_cuda():
@@ -50,12 +52,25 @@ def _extensions():
         name="rsd_kernels._C",
         sources=sources,
         include_dirs=[os.path.abspath("csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
     )
     return [ext], {"build_ext": BuildExtension}
 
 
+class BuildPyWithCsrc(build_py):
+    """Ship ``csrc/`` as ``rsd_kernels/csrc`` so a non-editable install can still JIT-build."""
+
+    def run(self):
+        super().run()
+        dst = os.path.join(self.build_lib, "rsd_kernels", "csrc")
+        os.makedirs(dst, exist_ok=True)
+        for src in glob.glob("csrc/*"):
+            if src.endswith((".cu", ".cuh", ".h", ".cpp")):
+                shutil.copy(src, dst)
+
+
 ext_modules, cmdclass = _extensions()
+cmdclass = {**cmdclass, "build_py": BuildPyWithCsrc}
 
 packages = find_packages(include=["rsd_kernels", "rsd_kernels.*"])
 packages += find_packages(where="python", include=["rsd", "rsd.*"])

@@ -29,17 +29,16 @@ def _fmt(shape):
 
 
 def finite_logits(name, logits, *, rows_mask=None):
-    """Reject NaN and +inf anywhere, and rows whose logits are all -inf."""
-    if torch.isnan(logits).any():
-        raise ValueError(f"{name} contains NaN")
-    if torch.isposinf(logits).any():
-        raise ValueError(f"{name} contains +inf")
-    empty = ~torch.isfinite(logits).any(dim=-1)
-    if rows_mask is not None:
-        empty &= rows_mask
-    if empty.any():
-        idx = tuple(int(i) for i in empty.nonzero()[0])
-        raise ValueError(f"{name}{list(idx)} has no finite logit: no token has positive probability")
+    """Reject NaN, +inf, and rows whose logits are all -inf (only rows where ``rows_mask``)."""
+    nan = torch.isnan(logits).any(dim=-1)
+    pinf = torch.isposinf(logits).any(dim=-1)
+    empty = ~torch.isfinite(logits).any(dim=-1) & ~nan & ~pinf
+    for bad, what in ((nan, "contains NaN"), (pinf, "contains +inf"), (empty, "has no finite logit: no token has positive probability")):
+        if rows_mask is not None:
+            bad = bad & rows_mask
+        if bad.any():
+            idx = [int(i) for i in bad.nonzero()[0]]
+            raise ValueError(f"{name} {what} (at row {idx})")
 
 
 def temperature(value, *, allow_zero=True):

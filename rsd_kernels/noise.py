@@ -23,6 +23,7 @@ streams materialised, so passing ``seed=`` or the tensors from :func:`verify_noi
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 STREAM_ACCEPT = 1 << 24
@@ -35,25 +36,24 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 
 
-def _mul32(a: int, b: torch.Tensor):
-    """(hi, lo) 32-bit halves of a * b for a < 2**32 and int64 tensors b < 2**32."""
-    ah, al = a >> 16, a & 0xFFFF
-    bh, bl = b >> 16, b & 0xFFFF
-    low = (ah * bl + al * bh) * 65536 + al * bl  # < 2**50, exact in int64
-    return ah * bh + (low >> 32), low & _M32
-
-
 def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10):
-    """Philox4x32 on int64 tensors holding uint32 values; returns the four output lanes."""
+    """Philox4x32 on (broadcast) integer counters holding uint32 values.
+
+    Returns the four output lanes as int64 tensors (values in ``[0, 2**32)``). Computed with
+    numpy's uint64 arithmetic: a product of two 32-bit words is exact in 64 bits.
+    """
     seed = int(seed)
-    k0, k1 = seed & _M32, (seed >> 32) & _M32
-    c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c, dtype=torch.int64) & _M32 for c in (c0, c1, c2, c3)))
+    k0, k1 = np.uint64(seed & _M32), np.uint64((seed >> 32) & _M32)
+    m32, s32 = np.uint64(_M32), np.uint64(32)
+    ra, rb = np.uint64(_ROUND_A), np.uint64(_ROUND_B)
+    ka, kb = np.uint64(_KEY_A), np.uint64(_KEY_B)
+    cs = [torch.as_tensor(c, dtype=torch.int64).cpu().numpy().astype(np.uint64) & m32 for c in (c0, c1, c2, c3)]
+    c0, c1, c2, c3 = np.broadcast_arrays(*cs)
     for _ in range(rounds):
-        hi_b, lo_b = _mul32(_ROUND_B, c2)
-        hi_a, lo_a = _mul32(_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
-        k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
-    return c0, c1, c2, c3
+        pb, pa = rb * c2, ra * c0
+        c0, c1, c2, c3 = (pb >> s32) ^ c1 ^ k0, pb & m32, (pa >> s32) ^ c3 ^ k1, pa & m32
+        k0, k1 = (k0 + ka) & m32, (k1 + kb) & m32
+    return tuple(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in (c0, c1, c2, c3))
 
 
 def _check_seed(seed, offset):

@@ -1,0 +1,40 @@
+"""Tree verification. Floor: the target and draft rows of the nodes the walk must visit
+(the accepted path, root included) read once, ``2 * sum_b (num_accepted_b + 1) * V * bytes``
+(greedy: target rows only); tested-but-rejected nodes cost a few scalars."""
+import pytest
+import torch
+
+from benchutil import DEVICE, ON_GPU, backend_params, run
+from rsd_kernels import verify_tree
+
+SHAPES = [(8, 32, 128256), (32, 16, 32000), (1, 64, 151936)] if ON_GPU else [(4, 16, 4096)]  # (B, T, V)
+
+
+def _inputs(B, T, V):
+    gen = torch.Generator().manual_seed(0)
+    parents = torch.full((B, T), -1, dtype=torch.int32)
+    for i in range(1, T):
+        parents[:, i] = torch.randint(max(0, i - 3), i, (B,), generator=gen).to(torch.int32)
+    tokens = torch.randint(0, 4, (B, T), generator=gen)  # few distinct tokens: long accepted paths
+    dt = torch.bfloat16 if ON_GPU else torch.float32
+    tl_ = torch.randn(B, T, V, generator=gen)
+    tl_[..., :4] += 6.0  # the target likes the drafted tokens
+    dl = tl_ + 0.3 * torch.randn(B, T, V, generator=gen)
+    return tl_.to(dt).to(DEVICE), dl.to(dt).to(DEVICE), tokens.to(DEVICE), parents.to(DEVICE)
+
+
+@pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_V{}".format(*s))
+@pytest.mark.parametrize("backend", backend_params("verify_tree"))
+def test_verify_tree(benchmark, backend, shape, mode):
+    B, T, V = shape
+    tl_, dl, tokens, parents = _inputs(B, T, V)
+    kw = dict(mode=mode, validate=False, backend=backend)
+    if mode != "greedy":
+        kw["seed"] = 5
+    res = verify_tree(tl_, dl, tokens, parents, **kw)
+    rows = 1 if mode == "greedy" else 2
+    nbytes = rows * float((res.num_accepted + 1).sum()) * V * tl_.element_size()
+    fn = lambda: verify_tree(tl_, dl, tokens, parents, **kw)  # noqa: E731
+    run(benchmark, fn, nbytes, op="verify_tree", backend=backend, shape=str(shape), mode=mode,
+        mean_accepted=float(res.num_accepted.float().mean()))

@@ -1,0 +1,68 @@
+"""Work-arounds for the Triton 3.6 interpreter (``TRITON_INTERPRET=1``, CPU testing only).
+
+1. NumPy >= 2.4: the interpreter holds kernel scalars as 1-element arrays and converts them
+   with ``int(array)``, which NumPy 2.4 rejects for arrays with ``ndim > 0``; every
+   ``range(runtime_int)`` in a kernel then fails. ``tensor.__index__`` is re-patched to
+   convert the single element.
+2. Speed: every device-function call re-patches all of ``triton.language`` (about 3 ms per
+   call, and never undone). Inside a running grid, the language modules a device
+   function's module sees are now patched once per grid (per module) instead of per call.
+   This keeps the kernels' helper functions affordable in the interpreter tests.
+
+Nothing here touches compiled (GPU) execution. Installed on import by the kernel modules.
+"""
+from __future__ import annotations
+
+
+def install() -> None:
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # pragma: no cover - triton without the interpreter
+        return
+    if getattr(interpreter, "_rsd_compat_installed", False):
+        return
+    interpreter._rsd_compat_installed = True
+
+    if hasattr(interpreter, "_patch_lang_tensor"):
+        original_patch = interpreter._patch_lang_tensor
+
+        def _patch_lang_tensor(tensor, scope):
+            original_patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+        interpreter._patch_lang_tensor = _patch_lang_tensor
+
+    grid_cls = getattr(interpreter, "GridExecutor", None)
+    fn_cls = getattr(interpreter, "InterpretedFunction", None)
+    if grid_cls is None or fn_cls is None or not hasattr(fn_cls, "rewrite"):
+        return
+    state = {"depth": 0, "patched": set()}
+    grid_call, fn_call = grid_cls.__call__, fn_cls.__call__
+
+    def run_grid(self, *args, **kwargs):
+        state["depth"] += 1
+        if state["depth"] == 1:
+            state["patched"] = set()
+        try:
+            return grid_call(self, *args, **kwargs)
+        finally:
+            state["depth"] -= 1
+
+    def call_device_function(self, *args, **kwargs):
+        if state["depth"] == 0:
+            return fn_call(self, *args, **kwargs)
+        key = id(self.fn.__globals__)
+        if key not in state["patched"]:  # what the original call does, once per module and grid
+            interpreter._patch_lang(self.fn)
+            state["patched"].add(key)
+        fn = self.rewrite()
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            raise interpreter.InterpreterError(repr(e)) from e
+
+    grid_cls.__call__ = run_grid
+    fn_cls.__call__ = call_device_function
+
+
+install()
