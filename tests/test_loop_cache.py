@@ -3,6 +3,7 @@ tree-attention path (transformers AttentionInterface) against the 4D-mask path."
 import pytest
 import torch
 
+from conftest import kernel_backend_params
 from loop_models import BiasedDraft, chat_ids, embedded_draft, embedded_target
 from rsd.adapter import ModelAdapter
 from rsd.generate import Decoder
@@ -87,15 +88,17 @@ def test_tree_forward_matches_path_recompute():
     assert (wrong - ref).abs().max() > 100 * ATOL
 
 
-def test_rsd_attention_interface_matches_4d_mask():
-    """--attention rsd: rsd_kernels.tree_attention inside transformers gives the 4D-mask logits."""
+@pytest.mark.parametrize("backend", [pytest.param("torch", id="torch")] + kernel_backend_params("tree_attention"))
+def test_rsd_attention_interface_matches_4d_mask(backend):
+    """--attention rsd: rsd_kernels.tree_attention inside transformers gives the 4D-mask logits
+    (every tree_attention backend that runs here; Triton under the interpreter on a CPU)."""
     tgt = embedded_target().model
     ids = list(chat_ids())
     tree = DraftTree.from_lists([[ids[-1], 504, 3575, 282, 4649, 314]], [[-1, 0, 0, 1, 2, 4]])
     out = {}
     try:
         for attention in ("sdpa", "eager", "rsd"):
-            ad = ModelAdapter(tgt, attention=attention)
+            ad = ModelAdapter(tgt, attention=attention, kernel_backend=backend)
             ad.forward_chain(torch.tensor([ids[:-1]]))
             out[attention] = ad.forward_tree(tree)
     finally:

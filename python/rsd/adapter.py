@@ -34,8 +34,10 @@ def _rsd_tree_attention(module, query, key, value, attention_mask, scaling=None,
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    out = rsd_kernels.tree_attention(query, key, value, bits, kwargs["rsd_prefix_lens"], scale=scaling,
-                                     backend=kwargs.get("rsd_backend", "auto"))
+    # transformers hands over q as a transposed view; the Triton kernel on main (a8f89b5) ignores
+    # strides, so every backend gets contiguous tensors here
+    out = rsd_kernels.tree_attention(query.contiguous(), key.contiguous(), value.contiguous(), bits,
+                                     kwargs["rsd_prefix_lens"], scale=scaling, backend=kwargs.get("rsd_backend", "auto"))
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -155,6 +157,7 @@ class ModelAdapter:
         pos = torch.arange(self.length, self.length + tokens.shape[1], device=self.device)[None]
         return self.forward(tokens, pos)
 
+    @torch.no_grad()
     def forward_tree(self, tree: rsd_kernels.DraftTree) -> torch.Tensor:
         """Verification forward over root + tree nodes: logits ``[1, T, V]``.
 
