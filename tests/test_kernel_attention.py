@@ -104,3 +104,18 @@ def test_unsupported_inputs_are_clear_errors():
     q = torch.zeros(1, 1, 1, 64, dtype=torch.float64)
     with pytest.raises(TypeError, match="float16, bfloat16 and float32"):
         triton_kernel.tree_attention(q, q, q, bits, torch.zeros(1, dtype=torch.int64), 1.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_inputs(backend):
+    """Views such as [B, T, H, D] transposed to [B, H, T, D] give the same result as copies."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(7)
+    tree = DraftTree.from_lists([[0] * 6], [[-1, 0, 0, 1, 2, 2]], device=dev)
+    q = torch.randn(1, 6, 4, 64, generator=g).to(dev).transpose(1, 2)
+    k = torch.randn(1, 20, 2, 64, generator=g).to(dev).transpose(1, 2)
+    v = torch.randn(1, 20, 2, 64, generator=g).to(dev).transpose(1, 2)
+    assert not q.is_contiguous()
+    got = tree_attention(q, k, v, tree, 9, backend=backend)
+    want = tree_attention(q.contiguous(), k.contiguous(), v.contiguous(), tree, 9, backend="torch")
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -48,4 +48,6 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
     if scale is None:
         scale = 1.0 / math.sqrt(D)
     _, impl = backends.resolve("tree_attention", backend, dev)
-    return impl(q, k, v, mask_bits.contiguous(), prefix_lens.to(torch.int64).contiguous(), float(scale))
+    # kernels index dense row-major tensors: views (e.g. transposed heads) are copied once here
+    return impl(q.contiguous(), k.contiguous(), v.contiguous(), mask_bits.contiguous(),
+                prefix_lens.to(torch.int64).contiguous(), float(scale))
