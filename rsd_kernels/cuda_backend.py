@@ -97,7 +97,7 @@ def extension():
 
 def _seed(seed, offset):
     if seed is not None:
-        _noise._check_seed(seed, offset)
+        _noise.check_seed(seed, offset)
     return seed
 
 

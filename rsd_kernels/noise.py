@@ -56,7 +56,8 @@ def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10):
     return tuple(torch.from_numpy(np.asarray(c, dtype=np.int64)) for c in (c0, c1, c2, c3))
 
 
-def _check_seed(seed, offset):
+def check_seed(seed, offset):
+    """TypeError unless seed is an int in [0, 2**63) and offset an int in [0, 2**32)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise TypeError(f"seed must be an int in [0, 2**63), got {seed!r}")
     if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**32:
@@ -65,7 +66,7 @@ def _check_seed(seed, offset):
 
 def uniform(seed: int, offset: int, row, stream_node, slot) -> torch.Tensor:
     """Float32 uniforms in (0, 1) at the given counters (broadcast int64 tensors)."""
-    _check_seed(seed, offset)
+    check_seed(seed, offset)
     x, _, _, _ = philox4x32(seed, offset, row, stream_node, slot)
     return ((x >> 9) * 2 + 1).to(torch.float32) * (2.0**-24)
 

@@ -170,7 +170,7 @@ class Decoder:
         self.samp = dict(temperature=self.temperature, top_k=top_k, top_p=top_p)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))
-        noise._check_seed(seed, 0)
+        noise.check_seed(seed, 0)
         self.seed, self.backend = seed, backend
         self.target = _as_adapter(target, attention, backend)
         self.draft = None
@@ -242,7 +242,7 @@ class Decoder:
             self.draft.restore(d)
         self.state, self.block = _LoopState(st.root, list(st.pending)), block
         if seed is not None:
-            noise._check_seed(seed, 0)
+            noise.check_seed(seed, 0)
             self.seed = seed
 
 

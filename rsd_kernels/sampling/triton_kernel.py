@@ -178,7 +178,7 @@ def _check_noise(gumbel, seed, offset):
     if gumbel is None:
         if seed is None:
             raise ValueError("sampling needs gumbel noise or a seed")
-        _noise._check_seed(seed, offset)
+        _noise.check_seed(seed, offset)
 
 
 def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None, offset=0, *, block_v=None):

@@ -346,7 +346,7 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
     if gen:
         if seed is None:
             raise ValueError("verify needs uniform/gumbel noise or a seed")
-        _noise._check_seed(seed, offset)
+        _noise.check_seed(seed, offset)
         if T - 1 > _noise.MAX_NODE:
             raise ValueError(f"at most {_noise.MAX_NODE + 1} nodes per tree, got {T}")
     P = int(max_depth) + 1
