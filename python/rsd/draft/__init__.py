@@ -63,6 +63,7 @@ def load_draft(path: str, embedding: torch.Tensor | torch.nn.Parameter, dtype=to
                                                          requires_grad=False)
     draft.model.rotary_emb = type(draft.model.rotary_emb)(config=config)  # recompute RoPE buffers off "meta"
     draft.info = json.loads(meta.get("info", "{}"))
+    draft.requires_grad_(False)
     return draft.to(dtype).eval()
 
 

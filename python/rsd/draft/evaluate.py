@@ -66,9 +66,10 @@ def heldout_samples(target, tok, samples_per_prompt: int, max_new_tokens: int, s
 
 @torch.no_grad()
 def acceptance_along_samples(target, drafts: dict, recs: list[dict], batch_size: int = 8) -> dict:
-    """Per-response arrays of ``1 - TV(p, q)`` (and top-1 agreement) for each draft in ``drafts``."""
+    """Per-response arrays of ``1 - TV(p, q)``, top-1 agreement and (restricted heads) target mass in the head."""
     acc = {name: [] for name in drafts}
     top1 = {name: [] for name in drafts}
+    in_head = {name: [] for name in drafts if hasattr(drafts[name], "kept_ids")}
     for s in range(0, len(recs), batch_size):
         chunk = recs[s:s + batch_size]
         S = max(len(r["ids"]) for r in chunk)
@@ -85,7 +86,9 @@ def acceptance_along_samples(target, drafts: dict, recs: list[dict], batch_size:
                 pb, qb = p[b, sl], q[b, sl]
                 acc[name].append(1 - 0.5 * (pb - qb).abs().sum(-1))
                 top1[name].append((pb.argmax(-1) == qb.argmax(-1)).float())
-    return {"acceptance": acc, "top1": top1}
+                if name in in_head:  # target mass the restricted head can cover: an upper bound on 1 - TV
+                    in_head[name].append(pb[:, d.kept_ids].sum(-1))
+    return {"acceptance": acc, "top1": top1, "in_head": in_head}
 
 
 def block_efficiency(acc_per_response: list[torch.Tensor], gamma: int = 4) -> float:
@@ -110,9 +113,9 @@ def step_times(models: dict, context: int, steps: int, seed: int = 0) -> dict:
     times = {n: [] for n in models}
     for i in range(steps + 3):
         for n, m in models.items():
-            caches[n].crop(context)
             t = time.perf_counter()
             m(input_ids=nxt, position_ids=pos, past_key_values=caches[n], use_cache=True)
+            caches[n].crop(-1)  # drop the token again: every step sees the same context
             if i >= 3:
                 times[n].append(time.perf_counter() - t)
     return {n: statistics.median(v) for n, v in times.items()}
@@ -143,6 +146,8 @@ def evaluate(target, tok, draft, *, samples_per_prompt=2, max_new_tokens=128, se
             "top1_agreement": round(float(torch.cat(res["top1"][name]).mean()), 4),
             "block_eff_L4": round(block_efficiency(res["acceptance"][name], 4), 3),
             "block_eff_L4_iid": round((1 - alpha ** 5) / (1 - alpha), 3),
+            "target_mass_in_head": (round(float(torch.cat(res["in_head"][name]).mean()), 4)
+                                    if name in res["in_head"] else 1.0),
             "step_ms": round(1000 * times[name], 2),
             "cost_ratio": round(times[name] / times["target"], 4),
         }
