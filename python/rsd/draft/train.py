@@ -211,11 +211,12 @@ def distill_loss(logq: torch.Tensor, tk_col: torch.Tensor, tk_lp: torch.Tensor) 
 
 def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *, epochs: float, lr: float,
                 max_tokens: int, warmup: int, ckpt_every: int, seed: int, deadline: float,
-                bf16: bool = True) -> RestrictedHeadDraft:
+                bf16: bool = True, hard_deadline: float | None = None) -> RestrictedHeadDraft:
     """Phase 3: distil into ``draft``; resumes from ``out_dir/ckpt.pt`` if present.
 
     With ``bf16`` the forward pass runs under CPU bfloat16 autocast (about twice as fast
     on CPUs with AVX512-BF16); parameters, optimiser state and the loss stay float32.
+    Training stops early (keeping what it has) if it is still running at ``hard_deadline``.
     """
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     params = [p for p in draft.parameters() if p.requires_grad]
@@ -270,6 +271,9 @@ def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *
             tqdm.write(f"train: {per_step:.2f} s/step, {per_epoch} steps/epoch, schedule = {total} steps")
         if step % ckpt_every == 0 or step == total:
             save()
+        if hard_deadline is not None and time.time() > hard_deadline and step < (total or planned):
+            tqdm.write(f"train: budget exhausted at step {step} of {total}")
+            break
     bar.close()
     save()
     draft.eval()
@@ -360,7 +364,7 @@ def main(argv=None) -> str:
     draft = init_draft_from_target(target, kept, args.layers)
     draft = train_draft(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,
                         warmup=args.warmup, ckpt_every=args.ckpt_every, seed=args.seed,
-                        deadline=t0 + 0.97 * budget, bf16=not args.fp32)
+                        deadline=t0 + 0.97 * budget, bf16=not args.fp32, hard_deadline=t0 + budget)
     info = {"source": src, "responses": len(records), "response_tokens": n_tok, "args": vars(args),
             "minutes": round((time.time() - t0) / 60, 1)}
     path = export_draft(draft, os.path.join(args.out, "draft.safetensors"), info)
