@@ -1,0 +1,376 @@
+"""Regenerate the embedded draft from nothing: data generation + distillation.
+
+    python -m rsd.draft.train --out /work/draft-run [--budget-minutes 90] [--threads 2]
+    python -m rsd.draft.train --out /tmp/tiny --tiny        # seconds; CI smoke test
+
+Phases, each resumable (rerun the same command to continue after an interruption):
+
+1. **data** -- the target samples responses at temperature 1 to the chat-templated
+   training prompts (:mod:`rsd.draft.prompts`, ``samples_per_prompt`` samples each), in
+   batches with a KV cache. For every response position the target's top-``topk``
+   next-token log-probabilities are stored (the rest of the mass is implied). One file
+   ``data/shard_XXXX.pt`` per batch; existing shards are skipped.
+2. **vocab** -- the ``head_size`` tokens with the largest expected count (target
+   probability mass over all stored positions, plus the prompt tokens) form the draft's
+   restricted head (``kept_ids``); special tokens are always kept.
+3. **train** -- the draft (:class:`rsd.draft.model.RestrictedHeadDraft`, initialised from
+   the target's first layers, final norm and the kept rows of its tied head) is trained
+   with KL(p || q) from the target's stored distribution p to the draft's q. The top-k
+   tokens the head keeps are matched one by one; all remaining target mass (tail beyond
+   top-k and top-k tokens outside the head) is matched as one bucket against the draft's
+   remaining mass. AdamW, linear warm-up, cosine decay to 10%, bfloat16 autocast. ``ckpt.pt`` is written every
+   ``--ckpt-every`` steps and at the end; a rerun resumes from it.
+4. **export** -- ``draft.safetensors`` in ``--out`` (fp16 weights, kept ids, config in
+   the metadata; the frozen token embedding is not included). Copy it to
+   ``python/rsd/draft/weights/`` to ship it.
+
+``--budget-minutes`` caps the whole run: data generation stops when its share
+(``--data-frac``) of the budget is used, and the number of optimiser steps is the smaller
+of ``--epochs`` passes and what fits in the rest of the budget (decided once, after timing
+the first steps, and stored in the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .model import RestrictedHeadDraft, config_to_json, draft_config_from_target
+
+EOS_ID = 2  # <|im_end|> in the SmolLM2 vocabulary
+SPECIAL_IDS = (0, 1, 2)
+FORMAT = "rsd-draft-v1"
+
+
+# ----------------------------------------------------------------------------- data
+@torch.no_grad()
+def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: int, generator: torch.Generator,
+                 eos_id: int = EOS_ID, pad_id: int = EOS_ID) -> list[dict]:
+    """Sample one response per prompt from ``target`` at temperature 1 (left-padded batch, KV cache).
+
+    Returns one record per prompt: ``ids`` (prompt + response, int32), ``start`` (index of
+    the first response token), ``topk_ids`` int32 and ``topk_lp`` float16, both
+    ``[len(response), topk]``: the target's top-k log-probabilities for each response
+    position. The response ends with ``eos_id`` unless it hit ``max_new_tokens``.
+    """
+    B = len(prompts)
+    S = max(len(p) for p in prompts)
+    ids = torch.full((B, S), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, S), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, S - len(p):] = torch.tensor(p)
+        mask[i, S - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = target(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    logits = out.logits[:, -1].float()
+    done = torch.zeros(B, dtype=torch.bool)
+    toks, tk_ids, tk_lp = [], [], []
+    next_pos = pos[:, -1:] + 1
+    for _ in range(max_new_tokens):
+        lp = torch.log_softmax(logits, -1)
+        tok = torch.multinomial(lp.exp(), 1, generator=generator).squeeze(-1)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        v, j = lp.topk(topk, -1)
+        toks.append(tok), tk_ids.append(j.int()), tk_lp.append(v.half())
+        done = done | (tok == eos_id)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], 1)
+        out = target(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                     past_key_values=cache, use_cache=True)
+        cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
+    toks, tk_ids, tk_lp = torch.stack(toks, 1), torch.stack(tk_ids, 1), torch.stack(tk_lp, 1)
+    records = []
+    for i, p in enumerate(prompts):
+        r = toks[i].tolist()
+        n = r.index(eos_id) + 1 if eos_id in r else len(r)
+        records.append({"ids": torch.tensor(p + r[:n], dtype=torch.int32), "start": len(p),
+                        "topk_ids": tk_ids[i, :n].clone(), "topk_lp": tk_lp[i, :n].clone()})
+    return records
+
+
+def generate_data(target, prompt_ids: list[list[int]], out_dir: str, *, samples_per_prompt: int, batch_size: int,
+                  max_new_tokens: int, topk: int, seed: int, deadline: float) -> list[str]:
+    """Phase 1: write ``out_dir/data/shard_XXXX.pt`` (skipping existing ones) until done or ``deadline``."""
+    data_dir = os.path.join(out_dir, "data")
+    os.makedirs(data_dir, exist_ok=True)
+    jobs = [i for i in range(len(prompt_ids)) for _ in range(samples_per_prompt)]
+    random.Random(seed).shuffle(jobs)
+    # Sort each shard's prompts by length so left padding stays small.
+    shards = [sorted(jobs[s:s + batch_size], key=lambda i: len(prompt_ids[i]))
+              for s in range(0, len(jobs), batch_size)]
+    bar = tqdm(total=len(shards), desc="data (target samples)", unit="batch")
+    for k, shard in enumerate(shards):
+        path = os.path.join(data_dir, f"shard_{k:04d}.pt")
+        if not os.path.exists(path):
+            if time.time() > deadline:
+                tqdm.write(f"data: budget reached after {k} of {len(shards)} batches")
+                break
+            g = torch.Generator().manual_seed(seed * 100003 + k)
+            recs = sample_batch(target, [prompt_ids[i] for i in shard], max_new_tokens, topk, g)
+            torch.save(recs, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        bar.update(1)
+    bar.close()
+    return sorted(glob.glob(os.path.join(data_dir, "shard_*.pt")))
+
+
+def load_records(paths: list[str]) -> list[dict]:
+    return [r for p in paths for r in torch.load(p)]
+
+
+# ---------------------------------------------------------------------------- vocab
+def choose_kept_ids(records: list[dict], vocab_size: int, head_size: int) -> torch.Tensor:
+    """Phase 2: the ``head_size`` ids with the largest expected count, sorted ascending."""
+    mass = torch.zeros(vocab_size, dtype=torch.float64)
+    for r in records:
+        mass.index_add_(0, r["topk_ids"].reshape(-1).long(), r["topk_lp"].reshape(-1).double().exp())
+        mass.index_add_(0, r["ids"][: r["start"]].long(), torch.ones(r["start"], dtype=torch.float64))
+    mass[list(SPECIAL_IDS)] = float("inf")
+    return mass.topk(min(head_size, vocab_size)).indices.sort().values
+
+
+# ---------------------------------------------------------------------------- train
+def init_draft_from_target(target, kept_ids: torch.Tensor, num_layers: int) -> RestrictedHeadDraft:
+    """Draft with the target's frozen embedding, its first ``num_layers`` layers, final norm and kept head rows."""
+    cfg = draft_config_from_target(target.config, num_layers)
+    draft = RestrictedHeadDraft(cfg, kept_ids)
+    tsd = target.model.state_dict()
+    sd = {k: v for k, v in tsd.items()
+          if not k.startswith("layers.") or int(k.split(".")[1]) < num_layers}
+    draft.model.load_state_dict(sd)
+    head = target.get_output_embeddings().weight
+    draft.head.weight.data.copy_(head.detach()[kept_ids])
+    draft.model.embed_tokens.weight.requires_grad_(False)
+    return draft
+
+
+def make_batches(records: list[dict], max_tokens: int, seed: int) -> list[list[int]]:
+    """Index batches of similar-length records with at most ``max_tokens`` padded tokens each."""
+    order = sorted(range(len(records)), key=lambda i: len(records[i]["ids"]))
+    batches, cur, cur_len = [], [], 0
+    for i in order:
+        L = len(records[i]["ids"])
+        if cur and max(cur_len, L) * (len(cur) + 1) > max_tokens:
+            batches.append(cur)
+            cur, cur_len = [], 0
+        cur.append(i)
+        cur_len = max(cur_len, L)
+    if cur:
+        batches.append(cur)
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+def collate(records: list[dict], idx: list[int], kept_ids: torch.Tensor, vocab_size: int):
+    """Inputs ``[B, S]``, mask, and per-response-position targets mapped onto the head's columns."""
+    col = torch.full((vocab_size,), -1, dtype=torch.long)
+    col[kept_ids] = torch.arange(kept_ids.numel())
+    S = max(len(records[i]["ids"]) for i in idx) - 1
+    B = len(idx)
+    inp = torch.full((B, S), EOS_ID, dtype=torch.long)
+    mask = torch.zeros((B, S), dtype=torch.long)
+    rows_b, rows_t, tk_col, tk_lp = [], [], [], []
+    for b, i in enumerate(idx):
+        r = records[i]
+        L = len(r["ids"]) - 1
+        inp[b, :L] = r["ids"][:-1].long()
+        mask[b, :L] = 1
+        n = r["topk_ids"].shape[0]
+        rows_b.append(torch.full((n,), b)), rows_t.append(torch.arange(r["start"] - 1, r["start"] - 1 + n))
+        tk_col.append(col[r["topk_ids"].long()]), tk_lp.append(r["topk_lp"].float())
+    return inp, mask, torch.cat(rows_b), torch.cat(rows_t), torch.cat(tk_col), torch.cat(tk_lp)
+
+
+def distill_loss(logq: torch.Tensor, tk_col: torch.Tensor, tk_lp: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p || q) over positions between bucketed distributions.
+
+    ``logq`` ``[N, K]`` draft log-probs over the head; ``tk_col`` ``[N, k]`` head column of
+    each stored top-k token (-1 if not in the head); ``tk_lp`` its target log-prob. Buckets:
+    each top-k token in the head, plus one "rest" bucket (everything else).
+    """
+    inside = tk_col >= 0
+    p = tk_lp.exp() * inside
+    lq = logq.gather(1, tk_col.clamp(min=0))
+    kl_in = (p * (tk_lp - lq)).masked_fill(~inside, 0).sum(-1)
+    p_rest = (1 - p.sum(-1)).clamp(min=1e-8)
+    q_in = (lq.exp() * inside).sum(-1)
+    q_rest = (1 - q_in).clamp(min=1e-8)
+    kl_rest = p_rest * (p_rest.log() - q_rest.log())
+    return (kl_in + kl_rest).mean()
+
+
+def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *, epochs: float, lr: float,
+                max_tokens: int, warmup: int, ckpt_every: int, seed: int, deadline: float,
+                bf16: bool = True, hard_deadline: float | None = None) -> RestrictedHeadDraft:
+    """Phase 3: distil into ``draft``; resumes from ``out_dir/ckpt.pt`` if present.
+
+    With ``bf16`` the forward pass runs under CPU bfloat16 autocast (about twice as fast
+    on CPUs with AVX512-BF16); parameters, optimiser state and the loss stay float32.
+    Training stops early (keeping what it has) if it is still running at ``hard_deadline``.
+    """
+    ckpt_path = os.path.join(out_dir, "ckpt.pt")
+    params = [p for p in draft.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    step, total = 0, None
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path)
+        draft.load_state_dict(ck["model"], strict=False)
+        opt.load_state_dict(ck["opt"])
+        step, total = ck["step"], ck["total"]
+        tqdm.write(f"train: resumed at step {step}/{total}")
+    kept, V = draft.kept_ids, draft.config.vocab_size
+    per_epoch = len(make_batches(records, max_tokens, seed))
+    planned = max(1, int(math.ceil(epochs * per_epoch)))
+
+    def save():
+        torch.save({"model": draft.trainable_state_dict(), "opt": opt.state_dict(), "step": step,
+                    "total": total}, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)
+
+    draft.train()
+    bar = tqdm(total=total or planned, initial=step, desc="train (KL distillation)", unit="step")
+    t_start, s_start, ema = time.time(), step, None
+    while step < (planned if total is None else total):
+        epoch, k = divmod(step, per_epoch)
+        batch = make_batches(records, max_tokens, seed + epoch)[k]
+        inp, mask, rb, rt, tk_col, tk_lp = collate(records, batch, kept, V)
+        cur_total = total or planned
+        frac = step / max(1, cur_total)
+        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = draft.model(input_ids=inp, attention_mask=mask, use_cache=False).last_hidden_state
+            logits = draft.head(h[rb, rt])
+        logq = torch.log_softmax(logits.float(), -1)
+        loss = distill_loss(logq, tk_col, tk_lp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(kl=f"{ema:.3f}", lr=f"{lr_now:.1e}")
+        if total is None and (step - s_start >= 5 or step >= planned):  # decide the schedule length once, from measured speed
+            per_step = (time.time() - t_start) / (step - s_start)
+            fit = step + int(max(0.0, deadline - time.time()) / per_step)
+            total = max(step, min(planned, fit))
+            bar.total = total
+            bar.refresh()
+            tqdm.write(f"train: {per_step:.2f} s/step, {per_epoch} steps/epoch, schedule = {total} steps")
+        if step % ckpt_every == 0 or step == total:
+            save()
+        if hard_deadline is not None and time.time() > hard_deadline and step < (total or planned):
+            tqdm.write(f"train: budget exhausted at step {step} of {total}")
+            break
+    bar.close()
+    save()
+    draft.eval()
+    return draft
+
+
+# --------------------------------------------------------------------------- export
+def export_draft(draft: RestrictedHeadDraft, path: str, info: dict | None = None) -> str:
+    """Phase 4: write the shipped safetensors (fp16 weights, int32 kept ids; no token embedding)."""
+    from safetensors.torch import save_file
+
+    sd = {k: (v.to(torch.int32) if k == "kept_ids" else v.detach().to(torch.float16)).contiguous()
+          for k, v in draft.trainable_state_dict().items()}
+    meta = {"format": FORMAT, "config": config_to_json(draft.config), "info": json.dumps(info or {})}
+    save_file(sd, path, metadata=meta)
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+def tiny_target(seed: int = 0):
+    """A tiny random Llama in the target's shape family (for the CI smoke test)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m rsd.draft.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="run folder: data shards, checkpoint, draft.safetensors")
+    ap.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock cap for the whole run")
+    ap.add_argument("--tiny", action="store_true", help="tiny random target, few tokens: a smoke test")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--data-frac", type=float, default=0.6, help="share of the budget for data generation")
+    ap.add_argument("--samples-per-prompt", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    ap.add_argument("--max-new-tokens", type=int, default=160)
+    ap.add_argument("--topk", type=int, default=64, help="stored target log-probs per position")
+    ap.add_argument("--head-size", type=int, default=8192, help="tokens in the draft's restricted head")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--epochs", type=float, default=6.0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--max-tokens", type=int, default=4096, help="padded tokens per training batch")
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--ckpt-every", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fp32", action="store_true", help="train in float32 instead of bfloat16 autocast")
+    return ap
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    if args.tiny:
+        target = tiny_target(args.seed)
+        rng = random.Random(args.seed)
+        prompt_ids = [[1] + [rng.randrange(3, 512) for _ in range(rng.randrange(4, 12))] for _ in range(8)]
+        args.samples_per_prompt, args.batch_size, args.max_new_tokens = 1, 4, 12
+        args.head_size, args.layers, args.epochs, args.topk, args.warmup = 128, 1, 2, 8, 2
+        src = "tiny random target"
+    else:
+        from ..embedded import load_embedded_target
+        from .prompts import TRAIN_PROMPTS, chat_ids
+
+        target, tok = load_embedded_target()
+        prompt_ids = [chat_ids(tok, p) for _, p in TRAIN_PROMPTS]
+        src = "SmolLM2-135M-Instruct (embedded GGUF)"
+    budget = args.budget_minutes * 60
+    paths = generate_data(target, prompt_ids, args.out, samples_per_prompt=args.samples_per_prompt,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, topk=args.topk,
+                          seed=args.seed, deadline=t0 + args.data_frac * budget)
+    records = load_records(paths)
+    n_tok = sum(r["topk_ids"].shape[0] for r in records)
+    kept_path = os.path.join(args.out, "kept_ids.pt")
+    if os.path.exists(kept_path):
+        kept = torch.load(kept_path)
+    else:
+        kept = choose_kept_ids(records, target.config.vocab_size, args.head_size)
+        torch.save(kept, kept_path)
+    tqdm.write(f"data: {len(records)} responses, {n_tok} response tokens; head keeps {kept.numel()} ids")
+    draft = init_draft_from_target(target, kept, args.layers)
+    draft = train_draft(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,
+                        warmup=args.warmup, ckpt_every=args.ckpt_every, seed=args.seed,
+                        deadline=t0 + 0.97 * budget, bf16=not args.fp32, hard_deadline=t0 + budget)
+    info = {"source": src, "responses": len(records), "response_tokens": n_tok, "args": vars(args),
+            "minutes": round((time.time() - t0) / 60, 1)}
+    path = export_draft(draft, os.path.join(args.out, "draft.safetensors"), info)
+    tqdm.write(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {info['minutes']} min")
+    return path
+
+
+if __name__ == "__main__":
+    main()
