@@ -1,0 +1,160 @@
+"""``rsd generate "prompt"``: decode one prompt and print the text and a one-line summary.
+
+The summary line::
+
+    rsd-s 2x5 (budget 10) | block efficiency 1.83 | 21.4 tok/s | target alone 14.2 tok/s | speed-up 1.51x
+
+``speed-up`` is the method's decoding token rate over target-only autoregressive decoding
+(``ar``) of the same prompt with the same sampling settings, run in the same process right
+after it (``--no-baseline`` skips it). Rates exclude the prefill.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from rsd_kernels.methods import METHODS
+
+DEFAULT_BUDGET = 10
+# explicit tree flags: flag -> (method, metavar)
+CONFIG_FLAGS = {"chain": ("sd", "L"), "kxl": ("spectr", "KxL"), "branching": ("rsd-c", "b1,b2,.."),
+                "beam": ("rsd-s", "WxL")}
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("generate", help="generate text with speculative decoding",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt", help="the prompt text (a user turn when the target has a chat template)")
+    p.add_argument("--method", choices=("ar",) + METHODS, default=None,
+                   help="decoding method (default rsd-s, or the method of an explicit tree flag)")
+    p.add_argument("--budget", type=int, default=None,
+                   help=f"draft tokens verified per target call (default {DEFAULT_BUDGET}); the method's default "
+                        "configuration for it is used unless a tree flag gives one")
+    for flag, (method, metavar) in CONFIG_FLAGS.items():
+        p.add_argument(f"--{flag}", metavar=metavar, default=None, help=f"explicit {method} tree")
+    p.add_argument("--target", default="embedded", help="'embedded' (SmolLM2-135M-Instruct GGUF), a Hugging Face "
+                   "model id or a local path")
+    p.add_argument("--draft", default="embedded", help="'embedded', 'truncated:N' (stand-in: the target's first N "
+                   "layers + head), a model id or a local path")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention", choices=("sdpa", "eager", "rsd"), default="sdpa",
+                   help="verification attention: transformers with a 4D tree mask (sdpa/eager) or "
+                        "rsd_kernels.tree_attention (rsd)")
+    p.add_argument("--backend", default="auto", help="rsd_kernels backend: auto, torch, triton, cuda")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
+    p.add_argument("--no-baseline", action="store_true", help="skip the target-only run (no speed-up)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return p
+
+
+def method_and_config(args):
+    """(method, config text or None, budget or None) from the flags; ValueError on conflicts."""
+    given = [(f, getattr(args, f)) for f in CONFIG_FLAGS if getattr(args, f) is not None]
+    if len(given) > 1:
+        raise ValueError(f"give at most one tree flag, got {', '.join('--' + f for f, _ in given)}")
+    method = args.method
+    if given:
+        flag, text = given[0]
+        implied = CONFIG_FLAGS[flag][0]
+        if method is not None and method != implied:
+            raise ValueError(f"--{flag} is a {implied} tree but --method is {method}")
+        return implied, text, args.budget
+    method = method or "rsd-s"
+    if method == "ar":
+        return method, None, None
+    return method, None, DEFAULT_BUDGET if args.budget is None else args.budget
+
+
+def prompt_ids(tokenizer, text, chat: bool):
+    if chat and getattr(tokenizer, "chat_template", None):
+        s = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True)
+        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
+
+
+def eos_ids(tokenizer, model):
+    ids = set()
+    for v in (getattr(tokenizer, "eos_token_id", None),
+              getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(t) for t in v)
+    return sorted(ids)
+
+
+def summary_line(res, baseline) -> str:
+    head = "ar (target only)" if res.config is None else f"{res.config} (budget {res.config.budget})"
+    parts = [head, f"{len(res.tokens)} tokens", f"block efficiency {res.block_efficiency:.2f}",
+             f"{res.tokens_per_s:.1f} tok/s"]
+    if baseline is not None:
+        parts.append(f"target alone {baseline.tokens_per_s:.1f} tok/s")
+        parts.append(f"speed-up {res.tokens_per_s / baseline.tokens_per_s:.2f}x" if baseline.tokens_per_s else
+                     "speed-up n/a")
+    return " | ".join(parts)
+
+
+def run(args) -> int:
+    import torch
+
+    from .generate import generate, resolve_config
+    from .models import load_draft, load_target
+
+    method, cfg_text, budget = method_and_config(args)
+    cfg = resolve_config(method, cfg_text, budget)  # fail on bad input before loading anything
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    log = (lambda msg: print(msg, file=sys.stderr))
+    tgt = load_target(args.target, dtype=args.dtype, device=args.device)
+    log(f"target: {tgt.label}")
+    drf = None
+    if method != "ar":
+        drf = load_draft(args.draft, tgt, dtype=args.dtype, device=args.device, log=log)
+        log(f"draft: {drf.label}")
+    ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
+    common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
+                  attention=args.attention, backend=args.backend)
+    from .adapter import ModelAdapter
+
+    target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
+    draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
+                                                          else "sdpa", kernel_backend=args.backend)
+    res = _with_progress(lambda cb: generate(target_adapter, draft_adapter, ids, method, cfg, progress=cb, **common),
+                         args, f"{method}")
+    baseline = None
+    if not args.no_baseline and method != "ar":
+        baseline = _with_progress(lambda cb: generate(target_adapter, None, ids, "ar", progress=cb, **common),
+                                  args, "ar (baseline)")
+    text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
+    line = summary_line(res, baseline)
+    if args.json:
+        out = {"prompt": args.prompt, "text": text, "target": tgt.label, "draft": None if drf is None else drf.label,
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "summary": line,
+               "result": res.to_dict(), "baseline": None if baseline is None else baseline.to_dict(),
+               "speedup": (res.tokens_per_s / baseline.tokens_per_s) if baseline and baseline.tokens_per_s else None}
+        print(json.dumps(out))
+    else:
+        print(text)
+        print(line)
+    return 0
+
+
+PROGRESS_MIN_TOKENS = 32  # show a progress bar (on stderr, when it is a terminal) from this many tokens on
+
+
+def _with_progress(fn, args, label):
+    if args.json or args.max_new_tokens < PROGRESS_MIN_TOKENS:
+        return fn(None)
+    from tqdm import tqdm
+
+    with tqdm(total=args.max_new_tokens, desc=label, unit="tok", file=sys.stderr, disable=None, leave=False) as bar:
+        return fn(bar.update)

@@ -1,0 +1,398 @@
+"""``generate``: target-only decoding (``ar``) and speculative decoding (SD, SpecTr, RSD-C, RSD-S).
+
+One **block** of a speculative method:
+
+1. the draft grows the method's tree from the root (the last committed token) with one draft
+   forward per level (:func:`rsd_kernels.build_tree`);
+2. the target runs one verification forward over root + tree nodes (tree attention);
+3. :func:`rsd_kernels.verify_tree` walks the tree: the accepted path and a next token;
+4. both KV caches are compacted to prefix + accepted path (:meth:`ModelAdapter.keep`).
+
+Cache invariant between blocks: the target cache holds every committed token except the
+last one (the next root). The draft cache holds a prefix of that; accepted tokens it never
+processed (the leaves of the last level) are fed, with the root, in the next block's first
+draft forward, so the number of draft calls per block stays the tree depth L.
+
+Randomness: every draw comes from the Philox streams of :mod:`rsd_kernels.noise` keyed by
+``seed`` (drawn from torch's global generator when ``seed=None``); block b samples level l of
+its tree at offset ``b * L + l`` (stream GUMBEL) and verifies at offset ``b`` (streams
+ACCEPT/RESIDUAL), so a run is reproducible from its seed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import rsd_kernels
+from rsd_kernels.methods import METHODS, TreeConfig, default_config, parse_config
+
+from .adapter import ModelAdapter
+
+ALL_METHODS = ("ar",) + METHODS
+
+
+@dataclass
+class BlockStats:
+    """One block (for ``ar``: one target step)."""
+
+    accepted: int  # draft tokens accepted (0 for ar)
+    emitted: int  # tokens committed by this block (accepted + the next token, cut at EOS / max_new_tokens)
+    draft_calls: int
+    target_calls: int
+    draft_s: float  # tree building: draft forwards + sampling
+    target_s: float  # the target forward
+    verify_s: float  # verify_tree + cache compaction (ar: sampling the next token)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # the new tokens (prompt excluded)
+    method: str
+    config: TreeConfig | None  # None for ar
+    blocks: list[BlockStats] = field(default_factory=list)
+    prefill_s: float = 0.0
+    stop_reason: str = "max_new_tokens"  # or "eos", "context"
+    seed: int = 0
+
+    @property
+    def target_calls(self) -> int:
+        """Target forwards after the prefill (the denominator of block efficiency)."""
+        return sum(b.target_calls for b in self.blocks)
+
+    @property
+    def draft_calls(self) -> int:
+        return sum(b.draft_calls for b in self.blocks)
+
+    @property
+    def accepted_lengths(self) -> list[int]:
+        return [b.accepted for b in self.blocks]
+
+    @property
+    def block_efficiency(self) -> float:
+        """Generated tokens per target verification call (prefill excluded)."""
+        return len(self.tokens) / self.target_calls if self.target_calls else 0.0
+
+    @property
+    def decode_s(self) -> float:
+        """Wall time of the blocks (prefill excluded)."""
+        return sum(b.draft_s + b.target_s + b.verify_s for b in self.blocks)
+
+    @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of decoding (prefill excluded)."""
+        return len(self.tokens) / self.decode_s if self.decode_s > 0 else 0.0
+
+    def time_split(self) -> dict:
+        return {"prefill_s": self.prefill_s, "draft_s": sum(b.draft_s for b in self.blocks),
+                "target_s": sum(b.target_s for b in self.blocks), "verify_s": sum(b.verify_s for b in self.blocks)}
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method, "config": None if self.config is None else str(self.config),
+            "budget": None if self.config is None else self.config.budget, "seed": self.seed,
+            "tokens": list(self.tokens), "num_tokens": len(self.tokens), "stop_reason": self.stop_reason,
+            "block_efficiency": self.block_efficiency, "tokens_per_s": self.tokens_per_s,
+            "target_calls": self.target_calls, "draft_calls": self.draft_calls,
+            "accepted_lengths": self.accepted_lengths, **self.time_split(),
+        }
+
+
+def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
+    """The tree configuration of ``method``: ``config`` (a :class:`TreeConfig` or text such as
+    ``"3x2"`` / ``"2,2,1"``), else :func:`rsd_kernels.default_config` for ``budget``.
+
+    Raises ``ValueError`` for an unknown method, a missing budget, or a config whose budget
+    differs from the one given.
+    """
+    if method not in ALL_METHODS:
+        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
+    if method == "ar":
+        if config is not None:
+            raise ValueError("method 'ar' (target only) takes no tree config")
+        return None
+    if config is None:
+        if budget is None:
+            raise ValueError(f"method {method!r} needs a budget or an explicit config")
+        return default_config(method, budget)
+    if isinstance(config, str):
+        config = parse_config(method, config)
+    if not isinstance(config, TreeConfig):
+        raise TypeError(f"config must be a TreeConfig or a string, got {type(config).__name__}")
+    if config.method != method:
+        raise ValueError(f"config {config} is for method {config.method!r}, not {method!r}")
+    if budget is not None and config.budget != budget:
+        raise ValueError(f"config {config} has budget {config.budget}, not the requested budget {budget}")
+    return config
+
+
+def _as_adapter(m, attention, backend):
+    if m is None or isinstance(m, ModelAdapter):
+        return m
+    return ModelAdapter(m, attention=attention, kernel_backend=backend)
+
+
+def _prompt_tensor(prompt_ids, device):
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() == 2 and prompt_ids.shape[0] == 1:
+            prompt_ids = prompt_ids[0]
+        if prompt_ids.dim() != 1:
+            raise ValueError(f"prompt_ids must be 1-D (or [1, n]), got shape {tuple(prompt_ids.shape)}")
+        ids = prompt_ids.to(torch.long)
+    else:
+        ids = torch.tensor(list(prompt_ids), dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError("prompt_ids is empty: at least one token is needed")
+    return ids.to(device)
+
+
+class Decoder:
+    """The decoding state of one prompt: both adapters' KV caches and the loop state.
+
+    :func:`generate` drives it (``prefill`` once, then ``step`` per block); tests use
+    :meth:`snapshot`/:meth:`restore` to run many single blocks from one prefill. Arguments
+    as in :func:`generate`.
+    """
+
+    def __init__(self, target, draft, method="rsd-s", config=None, budget=None, *, temperature=0.0, top_k=None,
+                 top_p=None, seed=None, attention="sdpa", backend="auto"):
+        self.config = resolve_config(method, config, budget)
+        self.method = method
+        self.temperature = rsd_kernels.checks.temperature(temperature)
+        if self.temperature > 0:  # validate the warps once, up front
+            rsd_kernels.warp_logits(torch.zeros(1, 2), self.temperature, top_k, top_p)
+        self.samp = dict(temperature=self.temperature, top_k=top_k, top_p=top_p)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)))
+        rsd_kernels.noise._check_seed(seed, 0)
+        self.seed, self.backend = seed, backend
+        self.target = _as_adapter(target, attention, backend)
+        self.draft = None
+        if method != "ar":
+            if draft is None:
+                raise ValueError(f"method {method!r} needs a draft model")
+            self.draft = _as_adapter(draft, "eager" if attention == "eager" else "sdpa", backend)
+            if self.draft.vocab_size != self.target.vocab_size:
+                raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
+                                 f"({self.target.vocab_size})")
+        self.state = None
+        self.block = 0
+
+    @property
+    def depth(self) -> int:
+        return 1 if self.config is None else self.config.depth
+
+    def prefill(self, prompt_ids) -> float:
+        """Reset both caches and process the prompt (all but its last token, the first root)."""
+        tgt = self.target
+        ids = _prompt_tensor(prompt_ids, tgt.device)
+        if int(ids.max()) >= tgt.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"prompt_ids must lie in [0, {tgt.vocab_size}), got range "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+        ctx = tgt.max_positions
+        if ctx is not None and ids.numel() + self.depth > ctx:
+            raise ValueError(f"the prompt has {ids.numel()} tokens but the target's context is {ctx} tokens "
+                             f"(max_position_embeddings): no {self.method} block fits after it")
+        t0 = time.perf_counter()
+        for m in (tgt, self.draft):
+            if m is not None:
+                m.reset()
+                if ids.numel() > 1:
+                    m.forward_chain(ids[None, :-1])
+        self.state = _LoopState(root=int(ids[-1]), pending=[])
+        self.block = 0
+        return time.perf_counter() - t0
+
+    def fits(self) -> bool:
+        """Whether one more block fits the target's context."""
+        ctx = self.target.max_positions
+        return ctx is None or self.target.length + self.depth + 1 <= ctx
+
+    def step(self):
+        """One block (``ar``: one target step): returns (committed tokens, :class:`BlockStats`)."""
+        if self.state is None:
+            raise RuntimeError("call prefill(prompt_ids) before step()")
+        if self.config is None:
+            out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
+        else:
+            out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
+                            self.backend)
+        self.block += 1
+        return out
+
+    def snapshot(self):
+        return (self.target.snapshot(), None if self.draft is None else self.draft.snapshot(),
+                _LoopState(self.state.root, list(self.state.pending)), self.block)
+
+    def restore(self, snap, *, seed=None):
+        """Go back to ``snap``; optionally with a new ``seed`` (repeated runs of one block)."""
+        t, d, st, block = snap
+        self.target.restore(t)
+        if d is not None:
+            self.draft.restore(d)
+        self.state, self.block = _LoopState(st.root, list(st.pending)), block
+        if seed is not None:
+            rsd_kernels.noise._check_seed(seed, 0)
+            self.seed = seed
+
+
+def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
+             backend: str = "auto", progress=None) -> GenerationResult:
+    """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
+
+    Args:
+        target, draft: ``transformers`` causal LMs (or :class:`ModelAdapter` s) sharing one
+            vocabulary; ``draft`` may be ``None`` for ``method="ar"``.
+        prompt_ids: 1-D token ids (list or tensor).
+        method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``.
+        config, budget: the tree (see :func:`resolve_config`).
+        temperature, top_k, top_p: sampling warps, shared by draft and target; temperature 0
+            is greedy decoding and returns exactly the target's greedy tokens.
+        seed: Philox seed (``None``: drawn from torch's global generator).
+        eos_token_id: an int or a collection of ints that end generation (the EOS is kept).
+        attention: ``"sdpa"``, ``"eager"`` (4D mask) or ``"rsd"`` (rsd_kernels.tree_attention
+            for the target's verification forward).
+        backend: the ``rsd_kernels`` backend for every tree op.
+        progress: optional callable ``progress(num_new_tokens)`` called after each block.
+
+    Raises ``ValueError`` for an unknown method, a config that does not match the budget,
+    target and draft vocabularies that differ, or a prompt that leaves no room in the context.
+    """
+    dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
+                  seed=seed, attention=attention, backend=backend)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    eos = _eos_set(eos_token_id)
+    result = GenerationResult([], method, dec.config, seed=dec.seed)
+    result.prefill_s = dec.prefill(prompt_ids)
+    while len(result.tokens) < max_new_tokens:
+        if not dec.fits():
+            result.stop_reason = "context"
+            break
+        new, stats = dec.step()
+        room = max_new_tokens - len(result.tokens)
+        stop = None
+        for j, t in enumerate(new[:room]):
+            if t in eos:
+                new, stop = new[: j + 1], "eos"
+                break
+        new = new[:room]
+        stats.emitted = len(new)
+        result.tokens.extend(new)
+        result.blocks.append(stats)
+        if progress is not None:
+            progress(len(new))
+        if stop:
+            result.stop_reason = stop
+            break
+    return result
+
+
+def _eos_set(eos_token_id):
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, int):
+        return {eos_token_id}
+    return {int(t) for t in eos_token_id}
+
+
+@dataclass
+class _LoopState:
+    root: int  # the last committed token: in no cache yet
+    pending: list[int]  # committed tokens before the root that the draft cache lacks
+
+
+def _ar_step(tgt, state, samp, seed, block):
+    t0 = time.perf_counter()
+    logits = tgt.forward_chain(torch.tensor([[state.root]], device=tgt.device))[:, -1]
+    t1 = time.perf_counter()
+    s = rsd_kernels.sample_without_replacement(logits, 1, **samp, seed=seed, offset=block)
+    nxt = int(s.tokens[0, 0])
+    state.root = nxt
+    return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, time.perf_counter() - t1)
+
+
+def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
+    """One block; updates both caches and ``state``; returns the committed tokens."""
+    dev = tgt.device
+    t0 = time.perf_counter()
+    draft_fn, node_pos = _draft_fn(drf, state.pending)
+    root = torch.tensor([state.root], dtype=torch.long, device=dev)
+    drafted = rsd_kernels.build_tree(cfg, root, draft_fn, **samp, seed=seed, offset=block * cfg.depth,
+                                     backend=backend)
+    tree = drafted.tree
+    t1 = time.perf_counter()
+    prefix = tgt.length
+    target_logits = tgt.forward_tree(tree)
+    t2 = time.perf_counter()
+    greedy = samp["temperature"] == 0
+    res = rsd_kernels.verify_tree(target_logits, None if greedy else drafted.draft_logits, tree,
+                                  mode="greedy" if greedy else cfg.verify_mode, **samp, seed=seed, offset=block,
+                                  backend=backend)
+    path = [int(i) for i in res.path[0].tolist() if i >= 0]
+    accepted = [int(tree.tokens[0, i]) for i in path[1:]]
+    nxt = int(res.next_token[0])
+    # compaction: target keeps prefix + path (the root included); the draft what it has of the path
+    tgt.keep(torch.cat([torch.arange(prefix, device=dev), prefix + torch.tensor(path, device=dev)]))
+    keep_d = list(range(node_pos[0] + 1))
+    pending = []
+    for i in path[1:]:
+        if i in node_pos and not pending:
+            keep_d.append(node_pos[i])
+        else:
+            pending.append(int(tree.tokens[0, i]))
+    drf.keep(torch.tensor(keep_d, device=drf.device))
+    state.pending, state.root = pending, nxt
+    t3 = time.perf_counter()
+    return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2)
+
+
+def _draft_fn(drf, pending):
+    """The ``draft_fn`` of :func:`rsd_kernels.build_tree` over the draft adapter's cache.
+
+    Level 0 feeds ``pending + [root]`` as a causal chain. Level l > 0 feeds the nodes to expand
+    (the previous level's new nodes); each sees the committed prefix (root included), its tree
+    ancestors already in the cache, and itself. ``node_pos`` maps tree node -> draft cache slot.
+    """
+    node_pos: dict[int, int] = {}
+    depth_of: dict[int, int] = {0: 0}
+
+    def draft_fn(level, nodes, tokens, parents):
+        n = nodes.shape[1]
+        out = torch.zeros(1, n, drf.vocab_size, device=drf.device)
+        if level == 0:
+            chain = torch.tensor([pending + [int(tokens[0, 0])]], dtype=torch.long, device=drf.device)
+            out[:, 0] = drf.forward_chain(chain)[:, -1]
+            node_pos[0] = drf.length - 1
+            return out
+        cols = [j for j in range(n) if int(nodes[0, j]) >= 0]
+        if not cols:
+            return out
+        idx = [int(nodes[0, j]) for j in cols]
+        par = parents[0].tolist()
+        base, k = drf.length, len(cols)
+        allowed = torch.zeros(1, k, base + k, dtype=torch.bool, device=drf.device)
+        allowed[0, :, : node_pos[0] + 1] = True
+        pos = torch.empty(1, k, dtype=torch.long, device=drf.device)
+        for r, i in enumerate(idx):
+            allowed[0, r, base + r] = True
+            a = par[i]
+            while a > 0:
+                allowed[0, r, node_pos[a]] = True
+                a = par[a]
+            depth_of[i] = depth_of[par[i]] + 1
+            pos[0, r] = node_pos[0] + depth_of[i]
+        logits = drf.forward(tokens[:, idx].to(drf.device), pos, allowed)
+        for r, i in enumerate(idx):
+            node_pos[i] = base + r
+        out[0, cols] = logits[0]
+        return out
+
+    return draft_fn, node_pos

