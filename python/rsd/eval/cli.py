@@ -29,7 +29,7 @@ def _names(text):
 def add_eval_parser(subparsers):
     from rsd_kernels.methods import DEFAULT_MAX_DEPTH, METHODS
 
-    from .runner import BUDGETS, CONFIG_MODES, DATASETS
+    from .runner import CONFIG_MODES, DATASETS
 
     p = subparsers.add_parser(
         "eval", help="run the evaluation grid (methods x budgets x configurations x data sets)",
@@ -42,16 +42,16 @@ def add_eval_parser(subparsers):
                    help="comma-separated data set specs: wmt, xsum, dolly (built-in), NAME:PATH (local JSON/JSONL), "
                         "NAME:hub (datasets.load_dataset)")
     p.add_argument("--methods", type=_names, default=METHODS, help=f"comma-separated, from {','.join(METHODS)}")
-    p.add_argument("--budgets", type=_ints, default=BUDGETS, help="comma-separated budgets (default 6,10,14,21,30)")
-    p.add_argument("--items", type=int, default=8, help="prompts per data set (0: all)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--budgets", type=_ints, default=None, help="comma-separated budgets (default 6,10,14,21,30)")
+    p.add_argument("--items", type=int, default=None, help="prompts per data set (default 8; 0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0, help="item i is decoded with seed + i by every method")
-    p.add_argument("--configs", choices=CONFIG_MODES, default="capped",
-                   help="which configurations per (method, budget): all, capped (RSD-C non-increasing "
-                        "branching only), default (one)")
+    p.add_argument("--configs", choices=CONFIG_MODES, default=None,
+                   help="which configurations per (method, budget): all, capped (the default: RSD-C "
+                        "non-increasing branching only), default (one)")
     p.add_argument("--max-configs", type=int, default=None, help="at most this many per (method, budget)")
     p.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH, help="depth cap (not for SD)")
     p.add_argument("--attention", choices=("sdpa", "eager", "rsd"), default="sdpa")
@@ -62,7 +62,8 @@ def add_eval_parser(subparsers):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--quick", action="store_true",
-                   help="small grid for CI: 2 items per set, budgets 6,10, the default configuration, 8 new tokens")
+                   help="small grid for CI: 2 items per set, budgets 6,10, the default configuration, 8 new "
+                        "tokens (options given explicitly still win)")
     p.add_argument("--out", default="results/eval.json", help="results JSON (extended when it exists)")
     p.add_argument("--overwrite", action="store_true", help="start a new results file even if --out exists")
     p.add_argument("--plot", default=None, metavar="PREFIX", help="also draw the figure to PREFIX.png/.pdf")
@@ -88,16 +89,23 @@ def add_parser(subparsers):
 
 
 def settings_from_args(args):
+    """Explicit options win; then ``--quick``'s values; then the defaults of :class:`EvalSettings`."""
     from .runner import QUICK, EvalSettings
 
     kw = dict(target=args.target, draft=args.draft, datasets=args.datasets, methods=args.methods,
-              budgets=args.budgets, items=args.items or None, max_new_tokens=args.max_new_tokens,
               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-              configs=args.configs, max_configs=args.max_configs, max_depth=args.max_depth,
+              max_configs=args.max_configs, max_depth=args.max_depth,
               attention=args.attention, backend=args.backend, peer=not args.no_peer, threads=args.threads,
               param_ratio=args.param_ratio, dtype=args.dtype)
-    if args.quick:
-        kw.update(QUICK)
+    quick = QUICK if args.quick else {}
+    for key in ("items", "budgets", "max_new_tokens", "configs"):
+        value = getattr(args, key)
+        if value is not None:
+            kw[key] = value
+        elif key in quick:
+            kw[key] = quick[key]
+    if kw.get("items") == 0:
+        kw["items"] = None
     return EvalSettings(**kw)
 
 

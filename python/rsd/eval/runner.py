@@ -351,7 +351,8 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
         for method, budget, config in todo:
             bar.set_postfix_str(str(config))
             outs = _decode_set(pair, adapters, prompts, settings, method, config, settings.seed, bar)
-            s = summarize(outs, texts(outs), evalset)
+            outputs = texts(outs)
+            s = summarize(outs, outputs, evalset)
             tau = _nan_if_error(M.block_efficiency, s["tokens_per_item"], [r.target_calls for r in outs])
             rec = {"model": pair.model, "dataset": name, "method": method, "config": str(config),
                    "shape": list(config.shape), "budget": budget, "depth": config.depth,
@@ -361,7 +362,7 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
                    "token_rate": _nan_if_error(M.token_rate, s["tokens"], s["wall_s"], ar["tokens"], ar["wall_s"]),
                    "accuracy": _nan_if_error(M.accuracy, s["score"], ar["score"]),
                    "accepted_per_block": sum(sum(r.accepted_lengths) for r in outs) / max(1, s["target_calls"]),
-                   **s}
+                   **s, "outputs": outputs}
             results["runs"].append(rec)
             done.add(run_key(pair.model, name, method, str(config)))
             save_results(results, out_path)
