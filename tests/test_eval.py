@@ -95,3 +95,41 @@ def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         load_or_new_results(str(path), EvalSettings(temperature=0.5))
     assert load_or_new_results(str(path), EvalSettings(temperature=0.5), overwrite=True)["runs"] == []
+
+
+class _PlainDraft(__import__("torch").nn.Module):
+    """A draft that is not a transformers PreTrainedModel (like the embedded restricted-head draft)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, **kw):
+        return self.inner(**kw)
+
+
+def test_peer_reports_na_for_a_non_hf_draft(pair, tmp_path):
+    from rsd.eval.runner import EvalSettings, Pair, count_params, eos_ids, run_grid
+    from rsd.models import load_draft, load_target
+
+    t = load_target(pair[0])
+    d = load_draft(pair[1], t)
+    p = Pair(t.model, _PlainDraft(d.model), t.tokenizer, t.label, "plain", "tiny", count_params(t.model),
+             count_params(d.model), eos_ids(t.tokenizer, t.model))
+    s = EvalSettings(target=pair[0], draft="plain", datasets=("dolly",), methods=("sd",), budgets=(6, 10),
+                     items=1, max_new_tokens=4, configs="default")
+    res = run_grid(s, str(tmp_path / "p.json"), pair=p, progress=False, log=lambda m: None)
+    assert len(res["runs"]) == 2
+    assert [pp["budget"] for pp in res["peer"]] == [6, 10]
+    assert all(pp["available"] is False and pp["token_rate"] is None for pp in res["peer"])
+    assert "not a transformers PreTrainedModel" in res["peer"][0]["reason"]
+
+
+def test_rsd_plot_command(pair, tmp_path):
+    from rsd.cli import main
+
+    out = tmp_path / "r.json"
+    assert _eval(pair, out, "--datasets", "xsum", "--methods", "sd,rsd-s", "--no-peer") == 0
+    assert main(["plot", str(out), "--out", str(tmp_path / "f")]) == 0
+    assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.pdf").stat().st_size > 0

@@ -19,7 +19,9 @@ RESULTS = {"runs": [
     _run("wmt", "rsd-s", "rsd-s 3x2", 6, 2.4), _run("wmt", "rsd-s", "rsd-s 5x2", 10, 2.6),
     _run("xsum", "rsd-s", "rsd-s 3x2", 6, 2.5), _run("xsum", "sd", "sd 6", 6, 2.0),
     dict(model="m", dataset="xsum", method="rsd-c", config="rsd-c 6", budget=6, error="boom"),
-], "peer": [dict(model="m", dataset="wmt", budget=6, token_rate=0.8), dict(model="m", dataset="wmt", budget=10,
+], "ar": [dict(model="m", dataset="wmt", method="ar", score=20.0),
+          dict(model="m", dataset="wmt", method="ar_repeat", score=19.0, accuracy=0.95)],
+    "peer": [dict(model="m", dataset="wmt", budget=6, token_rate=0.8), dict(model="m", dataset="wmt", budget=10,
                                                                            token_rate=None, reason="n/a")]}
 
 
@@ -29,6 +31,7 @@ def test_best_points_pick_highest_block_efficiency():
     assert best[("m", "wmt")]["spectr"][6]["config"] == "spectr 2x3"
     assert "rsd-c" not in best[("m", "xsum")]  # the failed run is skipped
     assert P.peer_points(RESULTS) == {("m", "wmt"): {6: 0.8}}
+    assert P.noise_levels(RESULTS) == {("m", "wmt"): 0.95}
 
 
 def test_plot_writes_png_and_pdf(tmp_path):

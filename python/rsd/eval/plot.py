@@ -6,7 +6,9 @@ one line per method in the seed's styles, each point the method's best configura
 that budget by block efficiency (the other three columns show that same configuration).
 Accuracy's y axis is fixed to 0.7..1.3 as in the seed. The token-rate column also shows
 the peer baseline (Hugging Face assisted generation) where the results have it, as a grey
-line, and the target-only autoregressive rate 1.0 as a thin reference line.
+line, and the target-only autoregressive rate 1.0 as a thin reference line. The accuracy
+column shows, as a grey dashed line, the accuracy of a second autoregressive pass with other
+seeds (``ar_repeat``): how far from 1.0 an exact method can land by sampling noise alone.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ METHOD_STYLES = {  # method -> (label, matplotlib kwargs), the seed's legend
     "rsd-s": ("RSD-S (ours)", dict(color="tab:blue", linestyle="-", marker="o", markersize=5)),
 }
 PEER_STYLE = ("HF assisted (peer)", dict(color="tab:gray", linestyle=(0, (1, 1)), marker="s", markersize=4))
+NOISE_STYLE = ("AR with other seeds (noise)", dict(color="0.55", linestyle=(0, (4, 2)), linewidth=0.9))
 COLUMNS = (("block_efficiency", "block efficiency"), ("mbsu", "MBSU"), ("token_rate", "token rate"),
            ("accuracy", "accuracy"))
 DATASET_LABELS = {"wmt": "WMT", "xsum": "XSum", "dolly": "Dolly"}
@@ -57,6 +60,12 @@ def peer_points(results: dict) -> dict:
     return out
 
 
+def noise_levels(results: dict) -> dict:
+    """``{(model, dataset): accuracy of the repeated autoregressive pass}`` where recorded."""
+    return {(r["model"], r["dataset"]): r["accuracy"] for r in results.get("ar", [])
+            if r.get("method") == "ar_repeat" and _finite(r.get("accuracy"))}
+
+
 def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -75,6 +84,7 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
     if not best:
         raise ValueError("results hold no finished method runs to plot")
     peers = peer_points(results)
+    noise = noise_levels(results)
     order = results.get("datasets_order") or list(DATASET_LABELS)
     rows = sorted(best, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
     budgets = sorted({b for cell in best.values() for m in cell.values() for b in m})
@@ -94,6 +104,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.1, **PEER_STYLE[1])
             if field == "accuracy":
+                if key in noise:
+                    ax.axhline(noise[key], zorder=0, **NOISE_STYLE[1])
                 ax.set_ylim(0.7, 1.3)
             ax.set_xticks(budgets)
             ax.grid(True, alpha=0.3)
@@ -106,6 +118,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
     handles = [Line2D([], [], label=lab, **sty) for lab, sty in METHOD_STYLES.values()]
     if peers:
         handles.append(Line2D([], [], label=PEER_STYLE[0], **PEER_STYLE[1]))
+    if noise:
+        handles.append(Line2D([], [], label=NOISE_STYLE[0], **NOISE_STYLE[1]))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)

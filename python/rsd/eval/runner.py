@@ -326,10 +326,10 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
             return [pair.tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in outs]
 
         # warm-up (untimed): one short generation of each kind
-        for m, c in (("ar", None), ("rsd-s", plan[-1][2] if plan else None)):
-            if c is not None or m == "ar":
-                _decode_set(pair, adapters, prompts[:1], dataclasses.replace(settings, max_new_tokens=4), m, c,
-                            settings.seed, None)
+        warm = [("ar", None)] + ([(plan[-1][0], plan[-1][2])] if plan else [])
+        for m, c in warm:
+            _decode_set(pair, adapters, prompts[:1], dataclasses.replace(settings, max_new_tokens=4), m, c,
+                        settings.seed, None)
 
         for kind, seed0 in (("ar", settings.seed), ("ar_repeat", settings.seed + 1_000_003)):
             if (pair.model, name, kind) in done_ar:
