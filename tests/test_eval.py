@@ -133,3 +133,33 @@ def test_rsd_plot_command(pair, tmp_path):
     assert _eval(pair, out, "--datasets", "xsum", "--methods", "sd,rsd-s", "--no-peer") == 0
     assert main(["plot", str(out), "--out", str(tmp_path / "f")]) == 0
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.pdf").stat().st_size > 0
+
+
+def test_peer_honours_the_budget(pair):
+    """transformers reads num_assistant_tokens from the assistant's generation_config: check that
+    the peer's chain length really is the budget (fewer target calls for a longer chain when the
+    draft is the target itself) and that the draft's config is restored."""
+    import copy
+
+    from rsd.eval.peer import hf_generate
+    from rsd.eval.runner import EvalSettings, Pair, count_params, eos_ids
+    from rsd.models import load_target
+
+    t = load_target(pair[0])
+    draft = copy.deepcopy(t.model)
+    p = Pair(t.model, draft, t.tokenizer, "t", "t-copy", "tiny", count_params(t.model), count_params(draft), [])
+    s = EvalSettings(temperature=0.0, max_new_tokens=20)
+    before = draft.generation_config.num_assistant_tokens
+    calls = []
+    hook = t.model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        counts = {}
+        for budget in (2, 9):
+            calls.clear()
+            rec = hf_generate(p, [[5, 6, 7]], s, assistant=True, budget=budget)
+            assert rec["available"] and rec["tokens"] == 20, rec
+            counts[budget] = len(calls)
+    finally:
+        hook.remove()
+    assert counts[9] < counts[2], counts
+    assert draft.generation_config.num_assistant_tokens == before

@@ -3,7 +3,9 @@
 Same prompts, sampling settings, ``max_new_tokens`` and EOS tokens as the grid; the draft
 proposes ``num_assistant_tokens = budget`` tokens per step with the ``"constant"`` schedule
 (so it is transformers' own SD with chain length = budget), early exit on assistant
-confidence disabled. With ``do_sample=True`` transformers verifies with speculative sampling,
+confidence disabled. transformers reads these three from the *assistant's*
+``generation_config`` (and its ``"heuristic"`` schedule writes back into it), so they are set
+there for the duration of the call and restored afterwards. With ``do_sample=True`` transformers verifies with speculative sampling,
 which is exact. ``top_k`` is passed explicitly (transformers would otherwise apply its default
 ``top_k=50``, a warp the grid does not use). Seeds: ``torch.manual_seed(seed + i)`` per prompt,
 which does not reproduce the Philox draws of :func:`rsd.generate`: only the distributions match.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import time
 
 
-def _generation_config(pair, settings, budget):
+def _generation_config(pair, settings):
     from transformers import GenerationConfig
 
     greedy = settings.temperature == 0
@@ -29,10 +31,20 @@ def _generation_config(pair, settings, budget):
     if not greedy:
         kw.update(temperature=float(settings.temperature), top_k=settings.top_k or 0,
                   top_p=1.0 if settings.top_p is None else float(settings.top_p))
-    if budget is not None:
-        kw.update(num_assistant_tokens=int(budget), num_assistant_tokens_schedule="constant",
-                  assistant_confidence_threshold=0.0)
     return GenerationConfig(**kw)
+
+
+ASSISTANT_FIELDS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+
+
+def _set_assistant(draft, budget):
+    """Set the assisted-generation fields on the draft's generation_config; returns the old values."""
+    gc = draft.generation_config
+    old = {k: getattr(gc, k, None) for k in ASSISTANT_FIELDS}
+    gc.num_assistant_tokens = int(budget)
+    gc.num_assistant_tokens_schedule = "constant"
+    gc.assistant_confidence_threshold = 0.0
+    return old
 
 
 def unavailable_reason(pair) -> str | None:
@@ -65,8 +77,9 @@ def hf_generate(pair, prompts, settings, *, assistant: bool, budget: int | None 
             reason = f"the target is a {type(pair.target).__name__}, not a transformers PreTrainedModel"
     if reason is not None:
         return {**rec, "available": False, "reason": reason}
+    saved = _set_assistant(pair.draft, budget) if assistant else None
     try:
-        cfg = _generation_config(pair, settings, budget if assistant else None)
+        cfg = _generation_config(pair, settings)
         extra = {"assistant_model": pair.draft} if assistant else {}
         # warm-up, untimed
         _one(pair, prompts[0], cfg, settings.seed, extra, max_new_tokens=2)
@@ -79,6 +92,10 @@ def hf_generate(pair, prompts, settings, *, assistant: bool, budget: int | None 
             texts.append(pair.tokenizer.decode(new, skip_special_tokens=True).strip())
     except (TypeError, ValueError, AttributeError, NotImplementedError, RuntimeError) as exc:
         return {**rec, "available": False, "reason": f"transformers generate failed: {type(exc).__name__}: {exc}"}
+    finally:
+        if saved is not None:
+            for k, v in saved.items():
+                setattr(pair.draft.generation_config, k, v)
     import transformers
 
     return {**rec, "available": True, "transformers": transformers.__version__, "items": len(prompts),
