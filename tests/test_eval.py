@@ -133,6 +133,20 @@ def test_rsd_plot_command(pair, tmp_path):
     assert _eval(pair, out, "--datasets", "xsum", "--methods", "sd,rsd-s", "--no-peer") == 0
     assert main(["plot", str(out), "--out", str(tmp_path / "f")]) == 0
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "f.pdf").stat().st_size > 0
+    # several files merge into one figure, their baselines included
+    out2 = tmp_path / "r2.json"
+    assert _eval(pair, out2, "--datasets", "wmt", "--methods", "sd", "--no-peer") == 0
+    captured = {}
+    import rsd.eval.plot as P
+    real = P.plot_results
+    P.plot_results = lambda res, prefix, **kw: captured.setdefault("res", res) and real(res, prefix, **kw)
+    try:
+        assert main(["plot", str(out), str(out2), "--out", str(tmp_path / "g")]) == 0
+    finally:
+        P.plot_results = real
+    res = captured["res"]
+    assert {r["dataset"] for r in res["runs"]} == {"xsum", "wmt"}
+    assert {(a["dataset"], a["method"]) for a in res["ar"]} >= {("wmt", "ar_repeat"), ("xsum", "ar_repeat")}
 
 
 def test_peer_honours_the_budget(pair):

@@ -137,11 +137,11 @@ def _run_eval(args) -> int:
 def _run_plot(args) -> int:
     from .plot import load_results, plot_results
 
-    merged = {"runs": [], "peer": [], "datasets_order": []}
+    merged = {"runs": [], "peer": [], "ar": [], "datasets_order": []}
     for path in args.results:
         r = load_results(path)
-        merged["runs"] += r["runs"]
-        merged["peer"] += r.get("peer", [])
+        for key in ("runs", "peer", "ar"):
+            merged[key] += r.get(key, [])
         merged["datasets_order"] += [d for d in r.get("datasets_order", []) if d not in merged["datasets_order"]]
     out = args.out or os.path.splitext(args.results[0])[0]
     for path in plot_results(merged, out, title=args.title):
