@@ -1,0 +1,142 @@
+"""The seed figure from an ``rsd eval`` results file.
+
+Layout (SPEC section 6, ``shared/seeds/``): one row per (model, data set), four columns
+(block efficiency, MBSU, token rate, accuracy), x = budget ("num. tokens at the target"),
+one line per method in the seed's styles, each point the method's best configuration at
+that budget by block efficiency (the other three columns show that same configuration).
+Accuracy's y axis is the seed's 0.7..1.3, widened when a value falls outside (a value is never
+clipped away). The token-rate column also shows
+the peer baseline (Hugging Face assisted generation) where the results have it, as a grey
+line, and the target-only autoregressive rate 1.0 as a thin reference line. The accuracy
+column shows, as a grey dashed line, the accuracy of a second autoregressive pass with other
+seeds (``ar_repeat``): how far from 1.0 an exact method can land by sampling noise alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+METHOD_STYLES = {  # method -> (label, matplotlib kwargs), the seed's legend
+    "sd": ("SD", dict(color="tab:orange", linestyle=":", marker="x")),
+    "spectr": ("SpecTr", dict(color="tab:red", linestyle="-.", marker="+", markersize=9)),
+    "rsd-c": ("RSD-C (ours)", dict(color="tab:green", linestyle="--", marker="D", markersize=5)),
+    "rsd-s": ("RSD-S (ours)", dict(color="tab:blue", linestyle="-", marker="o", markersize=5)),
+}
+PEER_STYLE = ("HF assisted (peer)", dict(color="tab:gray", linestyle=(0, (1, 1)), marker="s", markersize=4))
+NOISE_STYLE = ("AR with other seeds (noise)", dict(color="0.55", linestyle=(0, (4, 2)), linewidth=0.9))
+COLUMNS = (("block_efficiency", "block efficiency"), ("mbsu", "MBSU"), ("token_rate", "token rate"),
+           ("accuracy", "accuracy"))
+DATASET_LABELS = {"wmt": "WMT", "xsum": "XSum", "dolly": "Dolly"}
+
+
+def load_results(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
+        raise ValueError(f"{path}: not an rsd eval results file (no 'runs' list)")
+    return results
+
+
+def best_points(results: dict) -> dict:
+    """``{(model, dataset): {method: {budget: run}}}``, ``run`` the configuration with the highest
+    block efficiency among the finished runs of that method and budget."""
+    best: dict = {}
+    for run in results["runs"]:
+        if run.get("method") not in METHOD_STYLES or not _finite(run.get("block_efficiency")):
+            continue
+        cell = best.setdefault((run["model"], run["dataset"]), {}).setdefault(run["method"], {})
+        cur = cell.get(run["budget"])
+        if cur is None or run["block_efficiency"] > cur["block_efficiency"]:
+            cell[run["budget"]] = run
+    return best
+
+
+def peer_points(results: dict) -> dict:
+    """``{(model, dataset): {budget: token_rate}}`` of the peer baseline runs that finished."""
+    out: dict = {}
+    for run in results.get("peer", []):
+        if _finite(run.get("token_rate")):
+            out.setdefault((run["model"], run["dataset"]), {})[run["budget"]] = run["token_rate"]
+    return out
+
+
+def noise_levels(results: dict) -> dict:
+    """``{(model, dataset): accuracy of the repeated autoregressive pass}`` where recorded."""
+    return {(r["model"], r["dataset"]): r["accuracy"] for r in results.get("ar", [])
+            if r.get("method") == "ar_repeat" and _finite(r.get("accuracy"))}
+
+
+def _finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def plot_results(results: dict | str, out_prefix: str, *, title: str | None = None) -> list[str]:
+    """Draw the figure; writes ``out_prefix + ".png"`` and ``".pdf"`` and returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    if isinstance(results, str):
+        results = load_results(results)
+    best = best_points(results)
+    if not best:
+        raise ValueError("results hold no finished method runs to plot")
+    peers = peer_points(results)
+    noise = noise_levels(results)
+    order = results.get("datasets_order") or list(DATASET_LABELS)
+    rows = sorted(best, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
+    budgets = sorted({b for cell in best.values() for m in cell.values() for b in m})
+
+    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.3 * len(rows) + 0.9), squeeze=False)
+    for r, key in enumerate(rows):
+        model, dataset = key
+        for c, (field, label) in enumerate(COLUMNS):
+            ax = axes[r][c]
+            for method, (_, style) in METHOD_STYLES.items():
+                pts = sorted((b, run[field]) for b, run in best[key].get(method, {}).items() if _finite(run.get(field)))
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, **style)
+            if field == "token_rate":
+                ax.axhline(1.0, color="0.75", linewidth=0.8, zorder=0)
+                pts = sorted(peers.get(key, {}).items())
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.1, **PEER_STYLE[1])
+            if field == "accuracy":
+                if key in noise:
+                    ax.axhline(noise[key], zorder=0, **NOISE_STYLE[1])
+                vals = [run[field] for m in best[key].values() for run in m.values() if _finite(run.get(field))]
+                vals += [noise[key]] if key in noise else []
+                # the seed's 0.7..1.3, widened (never clipped) when a value falls outside
+                ax.set_ylim(min([0.7] + [v - 0.05 for v in vals]), max([1.3] + [v + 0.05 for v in vals]))
+                if not vals:
+                    ax.text(0.5, 0.5, "n/a: autoregressive score is 0", transform=ax.transAxes, ha="center",
+                            va="center", fontsize=8, color="0.4")
+            ax.set_xlim(budgets[0] - 1.5, budgets[-1] + 1.5)
+            ax.set_xticks(budgets)
+            ax.grid(True, alpha=0.3)
+            ax.tick_params(labelsize=8)
+            if r == 0:
+                ax.set_title(label, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"{model}\non {DATASET_LABELS.get(dataset, dataset)}", fontsize=8)
+    fig.supxlabel("num. tokens at the target", fontsize=10, y=0.045 if len(rows) > 2 else 0.08)
+    handles = [Line2D([], [], label=lab, **sty) for lab, sty in METHOD_STYLES.values()]
+    if peers:
+        handles.append(Line2D([], [], label=PEER_STYLE[0], **PEER_STYLE[1]))
+    if noise:
+        handles.append(Line2D([], [], label=NOISE_STYLE[0], **NOISE_STYLE[1]))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.07 if len(rows) > 2 else 0.12, 1, 0.97 if title else 1))
+    paths = []
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    for ext in ("png", "pdf"):
+        path = f"{out_prefix}.{ext}"
+        fig.savefig(path, dpi=130 if ext == "png" else None)
+        paths.append(path)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,57 @@
+"""The figure renders from a small hand-made results file, best configuration per point."""
+import json
+
+import pytest
+
+from rsd.eval import plot as P
+
+
+def _run(dataset, method, config, budget, tau, rate=1.0):
+    return dict(model="m", dataset=dataset, method=method, config=config, budget=budget, depth=2,
+                block_efficiency=tau, mbsu=tau / 1.1, token_rate=rate, accuracy=1.0)
+
+
+RESULTS = {"runs": [
+    _run("wmt", "sd", "sd 6", 6, 1.8, 0.9), _run("wmt", "sd", "sd 10", 10, 1.9, 0.7),
+    _run("wmt", "spectr", "spectr 3x2", 6, 2.0), _run("wmt", "spectr", "spectr 2x3", 6, 2.1),
+    _run("wmt", "spectr", "spectr 5x2", 10, 2.2),
+    _run("wmt", "rsd-c", "rsd-c 2,2", 6, 2.2), _run("wmt", "rsd-c", "rsd-c 2,2,1", 10, 2.3),
+    _run("wmt", "rsd-s", "rsd-s 3x2", 6, 2.4), _run("wmt", "rsd-s", "rsd-s 5x2", 10, 2.6),
+    _run("xsum", "rsd-s", "rsd-s 3x2", 6, 2.5), _run("xsum", "sd", "sd 6", 6, 2.0),
+    dict(model="m", dataset="xsum", method="rsd-c", config="rsd-c 6", budget=6, error="boom"),
+], "ar": [dict(model="m", dataset="wmt", method="ar", score=20.0),
+          dict(model="m", dataset="wmt", method="ar_repeat", score=19.0, accuracy=0.95)],
+    "peer": [dict(model="m", dataset="wmt", budget=6, token_rate=0.8), dict(model="m", dataset="wmt", budget=10,
+                                                                           token_rate=None, reason="n/a")]}
+
+
+def test_best_points_pick_highest_block_efficiency():
+    best = P.best_points(RESULTS)
+    assert set(best) == {("m", "wmt"), ("m", "xsum")}
+    assert best[("m", "wmt")]["spectr"][6]["config"] == "spectr 2x3"
+    assert "rsd-c" not in best[("m", "xsum")]  # the failed run is skipped
+    assert P.peer_points(RESULTS) == {("m", "wmt"): {6: 0.8}}
+    assert P.noise_levels(RESULTS) == {("m", "wmt"): 0.95}
+
+
+def test_plot_writes_png_and_pdf(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RESULTS))
+    out = P.plot_results(str(path), str(tmp_path / "fig" / "seed"))
+    assert [p.rsplit(".", 1)[1] for p in out] == ["png", "pdf"]
+    for p in out:
+        with open(p, "rb") as f:
+            head = f.read(8)
+        assert head.startswith(b"\x89PNG" if p.endswith("png") else b"%PDF")
+
+
+def test_seed_styles():
+    assert P.METHOD_STYLES["sd"][1]["linestyle"] == ":" and P.METHOD_STYLES["sd"][1]["marker"] == "x"
+    assert P.METHOD_STYLES["spectr"][1]["linestyle"] == "-." and P.METHOD_STYLES["spectr"][1]["marker"] == "+"
+    assert P.METHOD_STYLES["rsd-c"][1]["linestyle"] == "--" and P.METHOD_STYLES["rsd-c"][1]["marker"] == "D"
+    assert P.METHOD_STYLES["rsd-s"][1]["linestyle"] == "-" and P.METHOD_STYLES["rsd-s"][1]["marker"] == "o"
+
+
+def test_plot_rejects_empty(tmp_path):
+    with pytest.raises(ValueError, match="no finished"):
+        P.plot_results({"runs": []}, str(tmp_path / "x"))
