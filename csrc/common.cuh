@@ -7,7 +7,28 @@
 #include <climits>
 #include <cstdint>
 
+#include "rsd_kernels.h"
+
 namespace rsd {
+
+// The storage type of a DType and the type the kernels compute in (double for float64).
+template <typename T, typename C>
+struct TypePair {
+  using storage = T;
+  using compute = C;
+};
+
+// Calls f(TypePair<storage, compute>{}) for dtype: one switch for every launcher.
+template <typename F>
+inline cudaError_t dispatch_dtype(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat16: return f(TypePair<__half, float>{});
+    case DType::kBFloat16: return f(TypePair<__nv_bfloat16, float>{});
+    case DType::kFloat32: return f(TypePair<float, float>{});
+    case DType::kFloat64: return f(TypePair<double, double>{});
+  }
+  return cudaErrorInvalidValue;
+}
 
 __device__ __forceinline__ float widen(__half x) { return __half2float(x); }
 __device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -148,13 +148,10 @@ cudaError_t launch_typed(const SampleArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_sample_topk(const SampleArgs& a, DType dtype, cudaStream_t stream) {
   if (a.R == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat16: return launch_typed<__half, float>(a, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16, float>(a, stream);
-    case DType::kFloat32: return launch_typed<float, float>(a, stream);
-    case DType::kFloat64: return launch_typed<double, double>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto types) {
+    using P = decltype(types);
+    return launch_typed<typename P::storage, typename P::compute>(a, stream);
+  });
 }
 
 }  // namespace rsd

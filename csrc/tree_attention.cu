@@ -355,13 +355,10 @@ cudaError_t launch_tree_attention(const TreeAttentionArgs& a, DType dtype, cudaS
     if (dtype == DType::kFloat16) return a.D == 64 ? launch_wmma<__half, 64>(a, stream) : launch_wmma<__half, 128>(a, stream);
     return a.D == 64 ? launch_wmma<__nv_bfloat16, 64>(a, stream) : launch_wmma<__nv_bfloat16, 128>(a, stream);
   }
-  switch (dtype) {
-    case DType::kFloat16: return launch_scalar<__half, float>(a, stream);
-    case DType::kBFloat16: return launch_scalar<__nv_bfloat16, float>(a, stream);
-    case DType::kFloat32: return launch_scalar<float, float>(a, stream);
-    case DType::kFloat64: return launch_scalar<double, double>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto types) {
+    using P = decltype(types);
+    return launch_scalar<typename P::storage, typename P::compute>(a, stream);
+  });
 }
 
 }  // namespace rsd

@@ -278,13 +278,10 @@ cudaError_t launch_typed(const VerifyArgs& a, cudaStream_t stream) {
 
 cudaError_t launch_verify_tree(const VerifyArgs& a, DType dtype, cudaStream_t stream) {
   if (a.B == 0) return cudaSuccess;
-  switch (dtype) {
-    case DType::kFloat16: return launch_typed<__half, float>(a, stream);
-    case DType::kBFloat16: return launch_typed<__nv_bfloat16, float>(a, stream);
-    case DType::kFloat32: return launch_typed<float, float>(a, stream);
-    case DType::kFloat64: return launch_typed<double, double>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype, [&](auto types) {
+    using P = decltype(types);
+    return launch_typed<typename P::storage, typename P::compute>(a, stream);
+  });
 }
 
 }  // namespace rsd
