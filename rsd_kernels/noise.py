@@ -71,6 +71,13 @@ def uniform(seed: int, offset: int, row, stream_node, slot) -> torch.Tensor:
     return ((x >> 9) * 2 + 1).to(torch.float32) * (2.0**-24)
 
 
+def generator_uniform(shape, generator=None, device=None) -> torch.Tensor:
+    """Float32 uniforms from a ``torch.Generator`` (or the global RNG), clamped into
+    ``[2**-24, 1 - 2**-24]`` like the Philox streams: the ``generator=`` path of every op."""
+    lo = 2.0**-24
+    return torch.rand(*shape, generator=generator, device=device).clamp_(lo, 1 - lo)
+
+
 def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise ``-log(-log(u))`` in float32."""
     u = u.to(torch.float32)

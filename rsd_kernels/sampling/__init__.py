@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from .. import backends, checks
+from .. import noise as _noise_streams
 from ..warp import needs_warp, warp_logits
 
 
@@ -22,12 +23,6 @@ class BeamStepResult(NamedTuple):
     G: torch.Tensor  # [B, W] its truncated Gumbel (descending), -inf if none
 
 
-def _gumbel_from_generator(shape, device, generator):
-    lo = 2.0**-24
-    u = torch.rand(*shape, generator=generator, device=device).clamp_(lo, 1 - lo)
-    return -torch.log(-torch.log(u))
-
-
 def _noise(name, gumbel, seed, generator, shape, device, validate):
     checks.noise_source(explicit={name: gumbel}, seed=seed, generator=generator)
     if gumbel is not None:
@@ -36,7 +31,7 @@ def _noise(name, gumbel, seed, generator, shape, device, validate):
             raise ValueError(f"{name} must be finite")
         return gumbel.float().contiguous()
     if seed is None:
-        return _gumbel_from_generator(shape, device, generator)
+        return _noise_streams.gumbel_from_uniform(_noise_streams.generator_uniform(shape, generator, device))
     return None
 
 

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from .. import backends, checks
+from .. import backends, checks, noise
 from ..tree import DraftTree
 from ..warp import needs_warp, warp_logits
 
@@ -85,7 +85,8 @@ def verify_tree(target_logits, draft_logits, tokens, parents=None, *, mode="rrs"
             if validate and (((uniform <= 0) | (uniform >= 1)).any() or not torch.isfinite(gumbel).all()):
                 raise ValueError("uniform must lie in the open interval (0, 1) and gumbel must be finite")
         elif seed is None:
-            uniform, gumbel = _torch_noise(B, T, V, dev, generator)
+            uniform = noise.generator_uniform((B, T), generator, dev)
+            gumbel = noise.gumbel_from_uniform(noise.generator_uniform((B, V), generator, dev))
         if uniform is not None:
             uniform, gumbel = uniform.float().contiguous(), gumbel.float().contiguous()
     _, impl = backends.resolve("verify_tree", backend, dev)
@@ -96,11 +97,3 @@ def verify_tree(target_logits, draft_logits, tokens, parents=None, *, mode="rrs"
         seed=None if uniform is not None else seed, offset=offset,
     )
     return VerifyResult(path, nacc, nxt)
-
-
-def _torch_noise(B, T, V, device, generator):
-    """Noise from a torch generator, clamped into (0, 1) like the Philox streams."""
-    lo = 2.0**-24
-    u = torch.rand(B, T, generator=generator, device=device).clamp_(lo, 1 - lo)
-    e = torch.rand(B, V, generator=generator, device=device).clamp_(lo, 1 - lo)
-    return u, -torch.log(-torch.log(e))
