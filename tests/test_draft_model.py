@@ -113,3 +113,33 @@ def test_train_tiny_smoke(tmp_path):
     draft_train.main(["--out", out, "--tiny", "--threads", "1"])
     assert {s: os.path.getmtime(os.path.join(out, "data", s)) for s in shards} == mtimes
     assert torch.load(os.path.join(out, "ckpt.pt"))["step"] == ck["step"]
+
+
+def test_sample_batch_soft_labels_match_teacher_forcing():
+    """Rows that finish early are dropped from the batch and its KV cache; every stored top-k
+    log-prob must still equal the target's teacher-forced log-prob on the finished record."""
+    target = draft_train.tiny_target(0)
+    # a high logit for EOS makes responses end at different steps, exercising the row dropping
+    with torch.no_grad():
+        target.lm_head.weight.data[draft_train.EOS_ID] *= 0  # tied: also the EOS embedding
+        target.model.norm.weight.data[:] = 1.0
+    bias = torch.zeros(target.config.vocab_size)
+    bias[draft_train.EOS_ID] = 3.0
+    target.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    g = torch.Generator().manual_seed(3)
+    prompts = [[1] + torch.randint(3, 512, (n,), generator=g).tolist() for n in (3, 5, 8, 4, 6, 7)]
+    recs = draft_train.sample_batch(target, prompts, 10, 5, torch.Generator().manual_seed(0))
+    lengths = [r["topk_ids"].shape[0] for r in recs]
+    assert len(set(lengths)) > 1 and min(lengths) < 10  # some rows finished before others
+    for p, r, n in zip(prompts, recs, lengths):
+        assert r["ids"][:len(p)].tolist() == p and r["start"] == len(p)
+        resp = r["ids"][len(p):]
+        assert len(resp) == n
+        assert (resp[:-1] != draft_train.EOS_ID).all()
+        assert resp[-1] == draft_train.EOS_ID or len(resp) == 10
+        with torch.no_grad():
+            lp = torch.log_softmax(target(input_ids=r["ids"][None].long()).logits[0].float(), -1)
+        lp = lp[len(p) - 1: len(r["ids"]) - 1]
+        v, j = lp.topk(5, -1)
+        torch.testing.assert_close(r["topk_lp"].float(), v, atol=2e-3, rtol=2e-3)
+        assert torch.equal(r["topk_ids"].long()[:, 0], j[:, 0])

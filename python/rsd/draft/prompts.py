@@ -245,6 +245,47 @@ _CHAT_HELDOUT = [
 ]
 
 
+# Topic x template requests (training only): widen the instruction and chat mix cheaply.
+# None of these topics is the subject of a held-out instruction or chat message.
+_TOPICS = [
+    "the water cycle", "volcanoes", "the moon landing", "the history of maps", "the history of the printing press",
+    "how vaccines work", "the Roman Empire", "electric cars", "learning a new language", "the human heart",
+    "recycling plastic", "the solar system", "chess openings", "baking bread at home", "the Great Wall of China",
+    "coral reefs", "the invention of the telephone", "time management", "public speaking", "the Olympic Games",
+    "rainforests", "how the internet works", "the life of Marie Curie", "composting", "the northern lights",
+    "penguins", "saving for retirement", "growing tomatoes", "the stock market", "jazz music",
+    "the pyramids of Egypt", "artificial intelligence", "cloud computing", "sleep and health", "meditation",
+    "the history of the bicycle", "deserts", "the first airplanes", "whales", "the Renaissance",
+    "volunteering", "starting a small business", "writing a good resume", "the theory of evolution", "glaciers",
+    "the periodic table", "hiking safety", "photography for beginners", "urban gardening", "the history of tea",
+    "climate change", "social media and teenagers", "the Industrial Revolution", "black holes", "octopuses",
+    "healthy breakfast ideas", "the piano", "Shakespeare's plays", "the Amazon river", "making friends as an adult",
+    "remote work", "the history of money", "bridges and how they are built", "wind energy", "the immune system",
+    "ancient Greece", "learning to code", "football tactics", "the Middle Ages", "desert animals",
+    "keeping a journal", "the Moon's phases", "smartphones", "the history of chocolate", "tsunamis",
+    "robots in factories", "a visit to Japan", "mountain climbing", "the Silk Road", "dinosaurs",
+    "lighthouses", "first aid basics", "the French language", "origami", "the history of cinema",
+    "butterflies", "cooking rice", "the Eiffel Tower", "friendship", "kindness at work",
+]
+
+_TOPIC_TEMPLATES = [
+    ("instruction", "Explain {} in simple terms."),
+    ("instruction", "Write a short paragraph about {}."),
+    ("instruction", "Give me three interesting facts about {}."),
+    ("instruction", "Write a short poem about {}."),
+    ("instruction", "List the main points someone should know about {}."),
+    ("instruction", "Write a short story that involves {}."),
+    ("instruction", "Summarize what you know about {} in two sentences."),
+    ("chat", "I've been reading about {} lately. What do you think about it?"),
+    ("chat", "Can you tell me something about {}?"),
+    ("chat", "My friend keeps talking about {}. Why is it interesting?"),
+    ("chat", "What questions would you ask an expert on {}?"),
+    ("chat", "I want to learn more about {}. Where should I start?"),
+]
+
+TOPIC_PROMPTS = [(kind, t.format(x)) for x in _TOPICS for kind, t in _TOPIC_TEMPLATES]
+
+
 def _pair(templates, items, category, offset=0):
     return [(category, templates[(i + offset) % len(templates)].format(x)) for i, x in enumerate(items)]
 
