@@ -97,6 +97,19 @@ def test_resume_refuses_other_settings(tmp_path):
     assert load_or_new_results(str(path), EvalSettings(temperature=0.5), overwrite=True)["runs"] == []
 
 
+def test_resume_refuses_other_embedded_draft_weights(tmp_path, monkeypatch):
+    """Results of an older shipped draft are not extended with a new one's (same --draft embedded)."""
+    from rsd.eval import runner
+
+    path = tmp_path / "r.json"
+    settings = EvalSettings(draft="embedded")
+    path.write_text(json.dumps(load_or_new_results(str(path), settings)))
+    assert load_or_new_results(str(path), settings)["fingerprint"]["draft_weights"]  # same weights: resumes
+    monkeypatch.setattr(runner, "embedded_draft_digest", lambda: "0" * 16)
+    with pytest.raises(ValueError, match="draft_weights"):
+        load_or_new_results(str(path), settings)
+
+
 class _PlainDraft(__import__("torch").nn.Module):
     """A draft that is not a transformers PreTrainedModel (like the embedded restricted-head draft)."""
 

@@ -121,11 +121,34 @@ class EvalSettings:
             raise ValueError("datasets is empty")
 
     def fingerprint(self) -> dict:
-        """The settings a resumed run must share with the file it extends (not threads / peer)."""
+        """The settings a resumed run must share with the file it extends (not threads / peer).
+
+        For ``draft="embedded"`` it includes a digest of the shipped draft weights, so results
+        of an older draft are never mixed with a new one's.
+        """
         d = dataclasses.asdict(self)
         for k in ("threads", "peer", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth"):
             d.pop(k)
+        if self.draft == "embedded":
+            d["draft_weights"] = embedded_draft_digest()
         return json.loads(json.dumps(d))
+
+
+def embedded_draft_digest() -> str:
+    """First 16 hex digits of the SHA-256 of the shipped draft weights file."""
+    import hashlib
+
+    from ..draft import WEIGHTS_PATH
+
+    st = os.stat(WEIGHTS_PATH)
+    key = (WEIGHTS_PATH, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(WEIGHTS_PATH, "rb") as f:
+            _DIGESTS[key] = hashlib.sha256(f.read()).hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+_DIGESTS: dict = {}
 
 
 QUICK = dict(items=2, budgets=(6, 10), max_new_tokens=8, configs="default")
