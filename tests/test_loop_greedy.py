@@ -70,3 +70,16 @@ def test_rsd_attention_with_self_draft(reference):
     finally:
         tgt.set_attn_implementation("sdpa")
     assert r.tokens == reference
+
+
+def test_bfloat16_draft_with_float32_target_greedy_exact(reference):
+    """A draft in another dtype than the target (rsd generate --draft-dtype bfloat16)."""
+    import torch
+
+    from rsd.models import load_draft
+
+    drf = load_draft("embedded", embedded_target(), dtype="bfloat16", log=lambda m: None)
+    assert next(drf.model.parameters()).dtype == torch.bfloat16
+    for method, config in CONFIGS:
+        r = generate(embedded_target().model, drf.model, chat_ids(), method, config, max_new_tokens=N)
+        assert r.tokens == reference, method

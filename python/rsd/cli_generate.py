@@ -48,6 +48,10 @@ def add_parser(subparsers):
     p.add_argument("--backend", default="auto", help="rsd_kernels backend: auto, torch, triton, cuda")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--draft-dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                   help="the draft's dtype (default: --dtype). bfloat16 makes the embedded draft's step "
+                        "~15%% cheaper on CPUs with AVX512-BF16 (see its model card); the output "
+                        "distribution stays the target's")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     p.add_argument("--no-baseline", action="store_true", help="skip the target-only run (no speed-up)")
@@ -118,7 +122,7 @@ def run(args) -> int:
     log(f"target: {tgt.label}")
     drf = None
     if method != "ar":
-        drf = load_draft(args.draft, tgt, dtype=args.dtype, device=args.device, log=log)
+        drf = load_draft(args.draft, tgt, dtype=args.draft_dtype or args.dtype, device=args.device, log=log)
         log(f"draft: {drf.label}")
     ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
     common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -135,7 +135,7 @@ def evaluate(target, tok, draft, *, samples_per_prompt=2, max_new_tokens=128, se
             torch.save({"key": key, "records": recs}, samples_cache)
     res = acceptance_along_samples(target, drafts, recs)
     times = step_times({"target": target, **drafts}, context, steps)
-    out = {"heldout_prompts": len(HELDOUT_PROMPTS), "responses": len(recs),
+    out = {"heldout_prompts": len(HELDOUT_PROMPTS), "responses": len(recs), "draft_dtype": str(draft.dtype),
            "positions": sum(len(a) for a in res["acceptance"]["trained_draft"]), "threads": threads,
            "target_step_ms": round(1000 * times["target"], 2), "models": {}}
     for name in drafts:
@@ -163,6 +163,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--draft-dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="dtype of the trained draft (the target and the stand-in stay float32)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--samples-cache", default=None,
                     help="file to keep the held-out target samples in (reused when the settings match)")
@@ -178,7 +180,7 @@ def main(argv=None) -> dict:
         torch.save({"key": (args.samples_per_prompt, args.max_new_tokens, args.seed), "records": recs},
                    args.samples_cache)
         return {"responses": len(recs)}
-    draft = load_embedded_draft(target, path=args.weights)
+    draft = load_embedded_draft(target, path=args.weights, dtype=getattr(torch, args.draft_dtype))
     res = evaluate(target, tok, draft, samples_per_prompt=args.samples_per_prompt,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, threads=args.threads,
                    context=args.context, steps=args.steps, samples_cache=args.samples_cache)
