@@ -5,9 +5,10 @@
 
 Phases, each resumable (rerun the same command to continue after an interruption):
 
-1. **data** -- the target samples responses at temperature 1 to the chat-templated
-   training prompts (:mod:`rsd.draft.prompts`, ``samples_per_prompt`` samples each), in
-   batches with a KV cache. For every response position the target's top-``topk``
+1. **data** -- the target (in ``--gen-dtype``, bfloat16 by default) samples responses at
+   temperature 1 to the chat-templated training prompts (:mod:`rsd.draft.prompts`:
+   ``--samples-per-prompt`` samples of each of ``TRAIN_PROMPTS``, ``--topic-samples`` of
+   each of ``TOPIC_PROMPTS``, shuffled), in batches with a KV cache. For every response position the target's top-``topk``
    next-token log-probabilities are stored (the rest of the mass is implied). One file
    ``data/shard_XXXX.pt`` per batch; existing shards are skipped.
 2. **vocab** -- the ``head_size`` tokens with the largest expected count (target
@@ -356,7 +357,7 @@ def main(argv=None) -> str:
         rng = random.Random(args.seed)
         prompt_ids = [[1] + [rng.randrange(3, 512) for _ in range(rng.randrange(4, 12))] for _ in range(8)]
         counts = [1] * len(prompt_ids)
-        args.samples_per_prompt, args.batch_size, args.max_new_tokens = 1, 4, 12
+        args.batch_size, args.max_new_tokens = 4, 12
         args.head_size, args.layers, args.epochs, args.topk, args.warmup = 128, 1, 2, 8, 2
         src = "tiny random target"
     else:
