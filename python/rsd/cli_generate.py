@@ -1,8 +1,8 @@
 """``rsd generate "prompt"``: decode one prompt and print the text and a one-line summary.
 
-The summary line::
+The summary line (a real one: embedded pair, greedy, 1 CPU thread, ``--max-new-tokens 48``)::
 
-    rsd-s 2x5 (budget 10) | block efficiency 1.83 | 21.4 tok/s | target alone 14.2 tok/s | speed-up 1.51x
+    rsd-s 2x5 (budget 10) | 48 tokens | block efficiency 2.09 | 13.0 tok/s | target alone 17.0 tok/s | speed-up 0.77x
 
 ``speed-up`` is the method's decoding token rate over target-only autoregressive decoding
 (``ar``) of the same prompt with the same sampling settings, run in the same process right
