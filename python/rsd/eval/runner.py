@@ -36,6 +36,8 @@ except SD (whose depth is its budget):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import os
@@ -136,19 +138,17 @@ class EvalSettings:
 
 def embedded_draft_digest() -> str:
     """First 16 hex digits of the SHA-256 of the shipped draft weights file."""
-    import hashlib
-
     from ..draft import WEIGHTS_PATH
 
     st = os.stat(WEIGHTS_PATH)
-    key = (WEIGHTS_PATH, st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        with open(WEIGHTS_PATH, "rb") as f:
-            _DIGESTS[key] = hashlib.sha256(f.read()).hexdigest()[:16]
-    return _DIGESTS[key]
+    return _file_digest(WEIGHTS_PATH, st.st_size, st.st_mtime_ns)
 
 
-_DIGESTS: dict = {}
+@functools.lru_cache(maxsize=4)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """Hashes ``path`` once per (size, mtime): the fingerprint is taken several times per run."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 QUICK = dict(items=2, budgets=(6, 10), max_new_tokens=8, configs="default")
