@@ -92,10 +92,12 @@ class DraftTree:
     def depth(self) -> torch.Tensor:
         """``[B, T]`` int32 depth (root 0; padding nodes 0)."""
         p = self._parents_masked()
-        d = torch.zeros_like(p)
-        for i in range(1, p.shape[1]):
-            has = p[:, i] >= 0
-            d[:, i] = torch.where(has, d.gather(1, p[:, i : i + 1].clamp(min=0))[:, 0] + 1, 0)
+        # pointer jumping (list ranking): ceil(log2 T) steps; the root and padding point to themselves
+        anc = torch.where(p >= 0, p, torch.arange(p.shape[1], device=p.device)[None, :])
+        d = (p >= 0).long()
+        for _ in range(max(1, (p.shape[1] - 1).bit_length())):
+            d = d + d.gather(1, anc)
+            anc = anc.gather(1, anc)
         return d.to(torch.int32)
 
     @functools.cached_property
