@@ -23,6 +23,13 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
         prefix_lens: ``[B]`` int32/int64 tokens before the root (ragged allowed), or an int.
         scale: softmax scale (a finite real number), default ``1/sqrt(D)``.
     Returns ``[B, Hq, T, D]`` in q's dtype: node i sees every prefix key and its ancestors-or-self.
+    Padding nodes of a ragged :class:`DraftTree` (``>= num_nodes[b]``) get a row too: they have
+    no ancestors, so they attend to the prefix and their own key; the values mean nothing. A
+    node with no key at all (a hand-made bitmask without its own bit, ``prefix_lens[b] == 0``)
+    is undefined (NaN in the reference, 0 in the Triton kernel).
+
+    The Triton backend supports float16/bfloat16/float32 (not float64) and head dimensions
+    16, 32, 64, 128, 256; beyond that it raises, and ``backend="torch"`` serves any case.
     """
     checks.tensor("q", q, ndim=4, dtypes=ATTN_DTYPES)
     B, Hq, T, D = q.shape
