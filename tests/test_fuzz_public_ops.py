@@ -57,9 +57,28 @@ def run_with(examples, body):
 
 
 # ---------------------------------------------------------------- strategies
+class Validity:
+    """Which aspects of an example are valid: all, all but one (the k-th one asked about), or
+    each at random. ``ok()`` is asked once per aspect; ``all_valid`` says whether all were."""
+
+    def __init__(self, data):
+        self.data = data
+        self.kind = data.draw(st.sampled_from(["valid", "one", "one", "random"]), label="validity")
+        self.k = data.draw(st.integers(0, 19), label="broken aspect") if self.kind == "one" else -1
+        self.n = 0
+        self.all_valid = True
+
+    def __call__(self):
+        i, self.n = self.n, self.n + 1
+        good = (self.kind == "valid" or (self.kind == "one" and i != self.k)
+                or (self.kind == "random" and self.data.draw(st.booleans())))
+        self.all_valid = self.all_valid and good
+        return good
+
+
 def pick(data, good, bad, valid, label=None):
-    """One of ``good``, or of ``good + bad`` when the example is not meant to be valid."""
-    return data.draw(st.sampled_from(list(good) if valid else list(good) + list(bad)), label=label)
+    """One of ``good``, or of ``bad`` when this aspect of the example is to be broken."""
+    return data.draw(st.sampled_from(list(good) if valid else list(bad)), label=label)
 
 
 def dtype_st(valid=False):
@@ -105,26 +124,27 @@ VERIFY_NAMES = {"target_logits", "draft_logits", "tokens", "parents", "num_nodes
 
 def _verify_body(backend):
     def body(data):
-        ok = data.draw(st.booleans(), label="meant valid")
+        ok = Validity(data)
         B = data.draw(st.integers(1, 3), label="B")
         T = data.draw(st.integers(1, 6), label="T")
         V = data.draw(st.integers(1, 12), label="V")
-        dtype = data.draw(dtype_st(ok), label="dtype")
-        rows = [tree_lists(data, T, V, valid=ok or data.draw(st.booleans())) for _ in range(B)]
+        dtype = data.draw(dtype_st(ok()), label="dtype")
+        rows = [tree_lists(data, T, V, valid=ok() or data.draw(st.booleans())) for _ in range(B)]
         tokens = torch.tensor([r[0] for r in rows], dtype=torch.int64)
-        parents = torch.tensor([r[1] for r in rows], dtype=pick(data, [torch.int32], [torch.int64], ok))
+        parents = torch.tensor([r[1] for r in rows], dtype=pick(data, [torch.int32], [torch.int64], ok()))
         num_nodes = None
         if data.draw(st.booleans()):
-            lo = 1 if ok else 0
-            num_nodes = torch.tensor([data.draw(st.integers(lo, T + 1 - ok)) for _ in range(B)], dtype=torch.int32)
-        mode = pick(data, ["rrs", "kseq", "greedy"], ["bogus", None], ok, "mode")
-        Vt = pick(data, [V], [V + 1], ok)  # mismatched vocabularies
-        tl = logits(data, (B, T, V), dtype, nonfinite=not ok)
-        dl = None if (mode == "greedy" and data.draw(st.booleans())) else logits(data, (B, T, Vt), dtype, nonfinite=not ok)
-        temperature = 0.0 if mode == "greedy" else pick(data, [0.7, 1.0, 1.3], [0.0, -1.0, "x"], ok)
-        top_k = pick(data, [None, None, 1, 3], [0, 2.5], ok)
-        top_p = pick(data, [None, None, 0.9], [1.5, "x"], ok)
-        seed = pick(data, [0, 7, 2**40], [-1, 1.5], ok)
+            good = ok()
+            num_nodes = torch.tensor([data.draw(st.integers(1 if good else 0, T if good else T + 1)) for _ in range(B)],
+                                     dtype=torch.int32)
+        mode = pick(data, ["rrs", "kseq", "greedy"], ["bogus", None], ok(), "mode")
+        Vt = pick(data, [V], [V + 1], ok())  # mismatched vocabularies
+        tl = logits(data, (B, T, V), dtype, nonfinite=not ok())
+        dl = None if (mode == "greedy" and data.draw(st.booleans())) else logits(data, (B, T, Vt), dtype, nonfinite=not ok())
+        temperature = 0.0 if mode == "greedy" else pick(data, [0.7, 1.0, 1.3], [0.0, -1.0, "x"], ok())
+        top_k = pick(data, [None, None, 1, 3], [0, 2.5], ok())
+        top_p = pick(data, [None, None, 0.9], [1.5, "x"], ok())
+        seed = pick(data, [0, 7, 2**40], [-1, 1.5], ok())
 
         def call():
             dev = lambda x: None if x is None else x.to(DEVICE)  # noqa: E731
@@ -144,7 +164,7 @@ def _verify_body(backend):
                 assert path[0] == 0 and len(path) == int(res.num_accepted[b]) + 1
                 assert all(0 < i < int(n[b]) and int(parents[b, i]) == path[k] for k, i in enumerate(path[1:]))
                 assert 0 <= int(res.next_token[b]) < V
-        assert res is not None or not ok, "a valid verify_tree call failed"
+        assert res is not None or not ok.all_valid, "a valid verify_tree call failed"
     return body
 
 
@@ -159,21 +179,23 @@ ATTN_NAMES = {"q", "k", "v", "tree", "prefix_lens", "scale", "backend", "Triton"
 
 def _attention_body(backend):
     def body(data):
-        ok = data.draw(st.booleans(), label="meant valid")
+        ok = Validity(data)
         B = data.draw(st.integers(1, 2), label="B")
-        Hkv = data.draw(st.integers(1 if ok else 0, 2), label="Hkv")
-        Hq = Hkv * data.draw(st.integers(1, 2)) + pick(data, [0], [1], ok)
-        T = data.draw(st.integers(1 if ok else 0, 5), label="T")
-        D = pick(data, [16, 32], [8, 0, 1], ok, "D")
+        Hkv = data.draw(st.integers(1 if ok() else 0, 2), label="Hkv")
+        Hq = Hkv * data.draw(st.integers(1, 2)) + pick(data, [0], [1], ok())
+        T = data.draw(st.integers(1 if ok() else 0, 5), label="T")
+        D = pick(data, [16, 32], [8, 0, 1], ok(), "D")
         S = T + data.draw(st.integers(0, 6))
-        dtype = data.draw(dtype_st(ok), label="dtype")
-        if ok and backend == "triton" and dtype == torch.float64:
+        good = ok()
+        dtype = data.draw(dtype_st(good), label="dtype")
+        if good and backend == "triton" and dtype == torch.float64:  # no float64 Triton attention
             dtype = torch.float32
         q = logits(data, (B, Hq, T, D), dtype, nonfinite=False)
         k = logits(data, (B, Hkv, S, D), dtype, nonfinite=False)
-        v = logits(data, (B, Hkv, S, D), pick(data, [dtype], [torch.float32, torch.int64], ok), nonfinite=False)
-        if T >= 1 and (ok or data.draw(st.booleans())):
-            rows = [tree_lists(data, T if (b == 0 and ok) else data.draw(st.integers(1, T)), 10) for b in range(B)]
+        v = logits(data, (B, Hkv, S, D), pick(data, [dtype], [torch.float32, torch.int64], ok()), nonfinite=False)
+        good = ok()
+        if T >= 1 and (good or data.draw(st.booleans())):
+            rows = [tree_lists(data, T if (b == 0 and good) else data.draw(st.integers(1, T)), 10) for b in range(B)]
             tree = expect_named(lambda: rk.DraftTree.from_lists([r[0] for r in rows], [r[1] for r in rows]),
                                 {"tokens", "parents"}, "from_lists")
             if tree is None:
@@ -182,10 +204,11 @@ def _attention_body(backend):
             W = max((T + 31) // 32, 1)
             tree = torch.randint(-2**31, 2**31 - 1, (B, T, data.draw(st.sampled_from([W, W, W + 1]))), dtype=torch.int64)
             tree = tree.to(data.draw(st.sampled_from([torch.int32, torch.int32, torch.int64])))
-        prefix = data.draw(st.one_of(st.integers(0 if ok else -1, S - T if ok else S + 1), st.just("pl_tensor")))
+        good = ok()
+        prefix = data.draw(st.one_of(st.integers(0 if good else -1, S - T if good else S + 1), st.just("pl_tensor")))
         if prefix == "pl_tensor":
-            prefix = torch.tensor([data.draw(st.integers(0 if ok else -1, S - T if ok else S)) for _ in range(B)])
-        scale = pick(data, [None, None, 0.25, 1], ["x", float("nan"), True], ok)
+            prefix = torch.tensor([data.draw(st.integers(0 if good else -1, S - T if good else S)) for _ in range(B)])
+        scale = pick(data, [None, None, 0.25, 1], ["x", float("nan"), True], ok())
 
         def call():
             dev = lambda x: x.to(DEVICE) if torch.is_tensor(x) else x  # noqa: E731
@@ -197,7 +220,7 @@ def _attention_body(backend):
             assert out.shape == q.shape and out.dtype == q.dtype
             if isinstance(tree, rk.DraftTree):  # every node sees at least its own key: finite rows
                 assert torch.isfinite(out.float()).all()
-        assert out is not None or not ok, "a valid tree_attention call failed"
+        assert out is not None or not ok.all_valid, "a valid tree_attention call failed"
     return body
 
 
@@ -212,24 +235,24 @@ SAMPLE_NAMES = {"logits", "k", "temperature", "top_k", "top_p", "gumbel", "seed"
 
 def _sample_body(backend):
     def body(data):
-        ok = data.draw(st.booleans(), label="meant valid")
+        ok = Validity(data)
         R = data.draw(st.integers(0, 3), label="R")
-        V = data.draw(st.integers(1 if ok else 0, 12), label="V")
-        dtype = data.draw(dtype_st(ok), label="dtype")
-        x = logits(data, (R, V), dtype, nonfinite=not ok)
+        V = data.draw(st.integers(1 if ok() else 0, 12), label="V")
+        dtype = data.draw(dtype_st(ok()), label="dtype")
+        x = logits(data, (R, V), dtype, nonfinite=not ok())
         if R and V and dtype.is_floating_point and data.draw(st.booleans()):
-            x[0, : data.draw(st.integers(0, V - 1 if ok else V))] = float("-inf")  # a smaller support
-        kind = pick(data, ["int", "tensor"], ["bad"], ok)
+            x[0, : data.draw(st.integers(0, V - 1 if ok() else V))] = float("-inf")  # a smaller support
+        kind = pick(data, ["int", "tensor"], ["bad"], ok())
         if kind == "int":
-            kk = data.draw(st.integers(1, V) if ok else st.integers(-1, V + 1))
+            kk = data.draw(st.integers(1, max(V, 1)) if ok() else st.integers(-1, V + 1))
         elif kind == "tensor":
-            kk = torch.tensor([data.draw(st.integers(1, V) if ok else st.integers(0, V + 1)) for _ in range(R)],
-                              dtype=pick(data, [torch.int32, torch.int64], [torch.float32], ok))
+            kk = torch.tensor([data.draw(st.integers(1, max(V, 1)) if ok() else st.integers(0, V + 1)) for _ in range(R)],
+                              dtype=pick(data, [torch.int32, torch.int64], [torch.float32], ok()))
         else:
             kk = data.draw(st.sampled_from([1.5, True, "2", None]))
-        temperature = pick(data, [1.0, 0.5, 0.0], [-1.0, float("nan"), "x"], ok)
-        top_k = pick(data, [None, None, 2], [0, 1.5], ok)
-        top_p = pick(data, [None, None, 0.8], [0.0, 2.0], ok)
+        temperature = pick(data, [1.0, 0.5, 0.0], [-1.0, float("nan"), "x"], ok())
+        top_k = pick(data, [None, None, 2], [0, 1.5], ok())
+        top_p = pick(data, [None, None, 0.8], [0.0, 2.0], ok())
 
         def call():
             kt = kk.to(DEVICE) if torch.is_tensor(kk) else kk
@@ -243,7 +266,7 @@ def _sample_body(backend):
                 toks = [int(t) for t in res.tokens[r, :n]]
                 assert len(set(toks)) == n and all(0 <= t < V for t in toks)
                 assert all(int(t) == -1 for t in res.tokens[r, n:])
-        assert res is not None or not ok, "a valid sample_without_replacement call failed"
+        assert res is not None or not ok.all_valid, "a valid sample_without_replacement call failed"
     return body
 
 
@@ -259,19 +282,19 @@ BEAM_NAMES = {"logits", "phi", "G", "width", "temperature", "top_k", "top_p", "g
 
 def _beam_body(backend):
     def body(data):
-        ok = data.draw(st.booleans(), label="meant valid")
+        ok = Validity(data)
         B = data.draw(st.integers(0, 2), label="B")
-        N = data.draw(st.integers(1 if ok else 0, 3), label="N")
-        V = data.draw(st.integers(1 if ok else 0, 8), label="V")
-        dtype = data.draw(dtype_st(ok), label="dtype")
-        x = logits(data, (B, N, V), dtype, nonfinite=not ok)
+        N = data.draw(st.integers(1 if ok() else 0, 3), label="N")
+        V = data.draw(st.integers(1 if ok() else 0, 8), label="V")
+        dtype = data.draw(dtype_st(ok()), label="dtype")
+        x = logits(data, (B, N, V), dtype, nonfinite=not ok())
         phi = -torch.rand(B, N, dtype=torch.float64) * 3
         if B and N > 1 and data.draw(st.booleans()):
             phi[:, -1] = float("-inf")  # an inactive beam
-        phi = phi.to(pick(data, [torch.float32, torch.float64], [torch.int64], ok))
-        G = torch.randn(B, N) if ok or data.draw(st.booleans()) else torch.randn(B, N + 1)
-        width = data.draw(st.integers(1, N * V)) if ok else data.draw(st.sampled_from([1, 2, 5, 0, 100, 1.5]))
-        temperature = pick(data, [1.0, 0.7], [0.0, -1.0], ok)
+        phi = phi.to(pick(data, [torch.float32, torch.float64], [torch.int64], ok()))
+        G = torch.randn(B, N) if ok() or data.draw(st.booleans()) else torch.randn(B, N + 1)
+        width = data.draw(st.integers(1, max(N * V, 1))) if ok() else data.draw(st.sampled_from([1, 2, 5, 0, 100, 1.5]))
+        temperature = pick(data, [1.0, 0.7], [0.0, -1.0], ok())
 
         def call():
             return rk.stochastic_beam_step(x.to(DEVICE), phi.to(DEVICE), G.to(DEVICE), width, temperature=temperature,
@@ -282,7 +305,7 @@ def _beam_body(backend):
             assert res.tokens.shape == (B, width) and res.parent.shape == (B, width)
             sel = res.parent >= 0
             assert ((res.tokens >= 0) == sel).all() and (res.tokens < V).all() and (res.parent < N).all()
-        assert res is not None or not ok, "a valid stochastic_beam_step call failed"
+        assert res is not None or not ok.all_valid, "a valid stochastic_beam_step call failed"
     return body
 
 
@@ -329,22 +352,24 @@ def test_fuzz_draft_tree_from_lists(data):
 @settings(max_examples=120, **FUZZ)
 @given(data=st.data())
 def test_fuzz_draft_tree_constructor(data):
-    ok = data.draw(st.booleans(), label="meant valid")
-    B = data.draw(st.integers(1 if ok else 0, 3))
-    T = data.draw(st.integers(1 if ok else 0, 5))
-    tok = torch.randint(0 if ok else -2, 10 if ok else 12, (B, T)).to(pick(data, [torch.int64], [torch.int32, torch.float32], ok))
-    par = torch.tensor([tree_lists(data, T, 10, valid=ok or data.draw(st.booleans()))[1] for _ in range(B)],
+    ok = Validity(data)
+    B = data.draw(st.integers(1 if ok() else 0, 3))
+    T = data.draw(st.integers(1 if ok() else 0, 5))
+    good = ok()
+    tok = torch.randint(0 if good else -2, 10 if good else 12, (B, T))
+    tok = tok.to(pick(data, [torch.int64], [torch.int32, torch.float32], ok()))
+    par = torch.tensor([tree_lists(data, T, 10, valid=ok() or data.draw(st.booleans()))[1] for _ in range(B)],
                        dtype=torch.int64).reshape(B, T)
-    par = par.to(pick(data, [torch.int32], [torch.int64, torch.float32], ok))
-    if not ok and data.draw(st.booleans()):
+    par = par.to(pick(data, [torch.int32], [torch.int64, torch.float32], ok()))
+    if not ok() and data.draw(st.booleans()):
         par = par[:, :-1] if T else par.reshape(-1)
     nn = None
     if data.draw(st.booleans()):
-        nn = torch.tensor([data.draw(st.integers(1, T) if ok else st.integers(-1, T + 1)) for _ in range(B)],
+        nn = torch.tensor([data.draw(st.integers(1, max(T, 1)) if ok() else st.integers(-1, T + 1)) for _ in range(B)],
                           dtype=torch.int32)
-    vocab = pick(data, [None, 10], [5, 0, "x"], ok)
+    vocab = pick(data, [None, 10], [5, 0, "x"], ok())
     tree = expect_named(lambda: rk.DraftTree(tok, par, nn, vocab_size=vocab), TREE_NAMES, "DraftTree")
-    assert tree is not None or not ok, "a valid DraftTree failed"
+    assert tree is not None or not ok.all_valid, "a valid DraftTree failed"
     if tree is not None:
         assert tree.ancestor_bitmask.shape == (B, T, (T + 31) // 32)
         assert (tree.depth <= torch.arange(T)).all()
@@ -359,19 +384,19 @@ SHAPES = {"sd": [(1,), (3,), (0,)], "spectr": [(2, 2), (3, 1), (1, 2)], "rsd-c":
 
 def _build_body(backend):
     def body(data):
-        ok = data.draw(st.booleans(), label="meant valid")
-        method = pick(data, ["sd", "spectr", "rsd-c", "rsd-s"], ["bogus"], ok, "method")
-        shape = data.draw(st.sampled_from(SHAPES[method][:2] if ok else SHAPES[method]), label="shape")
+        ok = Validity(data)
+        method = pick(data, ["sd", "spectr", "rsd-c", "rsd-s"], ["bogus"], ok(), "method")
+        shape = data.draw(st.sampled_from(SHAPES[method][:2] if ok() else SHAPES[method]), label="shape")
         cfg = expect_named(lambda: rk.TreeConfig(method, shape), BUILD_NAMES, "TreeConfig")
         if cfg is None:
             return
-        B = data.draw(st.integers(1 if ok else 0, 2))
+        B = data.draw(st.integers(1 if ok() else 0, 2))
         V = data.draw(st.integers(1, 9), label="V")
-        root = torch.tensor([data.draw(st.integers(0, V - 1) if ok else st.integers(-1, V)) for _ in range(B)],
+        root = torch.tensor([data.draw(st.integers(0, max(V - 1, 0)) if ok() else st.integers(-1, V)) for _ in range(B)],
                             dtype=torch.int64)
-        root = root.to(pick(data, [torch.int64], [torch.float32], ok))
-        vary = pick(data, [False], [True], ok)
-        bad_out = pick(data, [None], ["list", "int", "nan"], ok)
+        root = root.to(pick(data, [torch.int64], [torch.float32], ok()))
+        vary = pick(data, [False], [True], ok())
+        bad_out = pick(data, [None], ["list", "int", "nan"], ok())
         gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
 
         def draft_fn(level, nodes, tokens, parents):
@@ -385,7 +410,7 @@ def _build_body(backend):
                 lg.view(-1)[0] = float("nan")
             return lg.to(DEVICE)
 
-        temperature = pick(data, [1.0, 0.8, 0.0], [-1.0, "x"], ok)
+        temperature = pick(data, [1.0, 0.8, 0.0], [-1.0, "x"], ok())
         res = expect_named(lambda: rk.build_tree(cfg, root.to(DEVICE), draft_fn, temperature=temperature, seed=1,
                                                  backend=backend), BUILD_NAMES, "build_tree")
         if res is not None:
@@ -394,7 +419,7 @@ def _build_body(backend):
             assert int(tree.budget.max()) <= cfg.budget
             assert res.draft_logits.shape[:2] == tree.tokens.shape
             assert torch.equal(tree.tokens[:, 0].cpu(), root)
-        assert res is not None or not ok or backend != "torch", "a valid build_tree call failed"
+        assert res is not None or not ok.all_valid, "a valid build_tree call failed"
     return body
 
 
