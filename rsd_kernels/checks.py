@@ -81,6 +81,8 @@ def noise_source(*, explicit: dict, seed, generator):
 
 def real_number(name, value, *, finite=True):
     """A Python/NumPy real number (not a bool, a string or a tensor), finite unless told."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):  # traced by torch.compile: checked when concrete
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)

@@ -419,6 +419,8 @@ def _build_body(backend):
             assert int(tree.budget.max()) <= cfg.budget
             assert res.draft_logits.shape[:2] == tree.tokens.shape
             assert torch.equal(tree.tokens[:, 0].cpu(), root)
+            real = tree.tokens[tree.valid].cpu()
+            assert ((real >= 0) & (real < V)).all(), "a token (the root included) outside the draft's vocabulary"
         assert res is not None or not ok.all_valid, "a valid build_tree call failed"
     return body
 
