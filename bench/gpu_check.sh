@@ -29,10 +29,29 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-python}
 export PYTHONPATH="$ROOT:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')" 2>/dev/null || echo 9.0)}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 RES=${OUT:-$(mktemp -d)}
 mkdir -p "$RES"
+# one interpreter start for the facts every step needs (python, torch, triton, transformers, arch, ninja)
+$PY - >"$RES/facts.txt" 2>&1 <<'PYEOF'
+import sys
+import torch
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
+for mod in ("triton", "transformers"):
+    try:
+        print(mod, __import__(mod).__version__)
+    except Exception as exc:
+        print(mod, "not importable:", type(exc).__name__, exc)
+gpu = torch.cuda.is_available()
+c = torch.cuda.get_device_capability() if gpu else (9, 0)
+print(f"arch={c[0]}.{c[1]}")
+print(f"gpu={int(gpu)}")
+from torch.utils.cpp_extension import is_ninja_available
+print(f"ninja={int(is_ninja_available())}")
+PYEOF
+fact() { sed -n "s/^$1=//p" "$RES/facts.txt" | head -n 1; }
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(fact arch)}
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
 DRY=${GPU_CHECK_DRY_RUN:-0}
 SKIP=" ${GPU_CHECK_SKIP:-} "
@@ -59,9 +78,7 @@ skipped() { case "$SKIP" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 {
   echo "date: $(date -u +%FT%TZ)"
   echo "gpu: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo 'none (nvidia-smi failed or absent)')"
-  $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)" 2>&1
-  $PY -c "import triton; print('triton', triton.__version__)" 2>&1 || true
-  $PY -c "import transformers; print('transformers', transformers.__version__)" 2>&1 || true
+  grep -v '=' "$RES/facts.txt"
   echo "nvcc: $(nvcc --version 2>/dev/null | tail -n 1)"
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS budget=${BUDGET}s dry_run=$DRY"
 } | tee "$RES/env.txt"
@@ -75,7 +92,7 @@ if skipped build; then
 else
   # The JIT build needs ninja; a machine without it (and without internet) builds the same
   # extension in place through setup.py (setuptools compiles without ninja, one file at a time).
-  if ! $PY -c "import sys; from torch.utils.cpp_extension import is_ninja_available as ok; sys.exit(not ok())" 2>/dev/null; then
+  if [ "$(fact ninja)" != 1 ]; then
     echo "ninja not found: RSD_KERNELS_BUILD_CUDA=1 python setup.py build_ext --inplace" | tee -a "$RES/build.log"
     RSD_KERNELS_BUILD_CUDA=1 timeout -k 10 "$(cap 150 190)" $PY setup.py build_ext --inplace >>"$RES/build.log" 2>&1
   fi
@@ -95,7 +112,7 @@ if [ $build_ok -eq 0 ]; then
   # no later step retries the build: the cuda rows are skipped, the e2e loop runs on triton
   export RSD_BENCH_SKIP_CUDA="the CUDA extension did not build in step 1 (build.log)"
   CUDA_K=" and not cuda"
-  E2E_BACKEND=${E2E_BACKEND:-$($PY -c "import torch; print('triton' if torch.cuda.is_available() else 'auto')" 2>/dev/null || echo auto)}
+  if [ "$(fact gpu)" = 1 ]; then E2E_BACKEND=${E2E_BACKEND:-triton}; else E2E_BACKEND=${E2E_BACKEND:-auto}; fi
 else
   CUDA_K=""
   E2E_BACKEND=${E2E_BACKEND:-auto}
