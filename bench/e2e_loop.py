@@ -227,7 +227,7 @@ def measure(args) -> dict:
     targets = args.targets or (["tiny-target"] if args.tiny else ["llama2-7b", "llama2-13b"])
     draft_shape = args.draft or ("tiny-draft" if args.tiny else "draft-115m")
     budgets = tuple(args.budgets or (BUDGETS if not args.tiny else (6, 10)))
-    blocks = args.blocks if args.blocks is not None else (2 if args.tiny else 6)
+    blocks = args.blocks if args.blocks is not None else (2 if args.tiny else 5)
     warmup = args.warmup if args.warmup is not None else 1
     prompt_len = args.prompt_len if args.prompt_len is not None else (24 if args.tiny else 512)
     deadline = time.perf_counter() + args.time_budget_s
@@ -445,7 +445,7 @@ def main(argv=None) -> int:
     m.add_argument("--configs", choices=("default", "capped", "all"), default="default")
     m.add_argument("--max-configs", type=int, default=None)
     m.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
-    m.add_argument("--blocks", type=int, default=None, help="timed blocks per configuration (default 6; tiny 2)")
+    m.add_argument("--blocks", type=int, default=None, help="timed blocks per configuration (default 5; tiny 2)")
     m.add_argument("--warmup", type=int, default=None, help="untimed blocks first (default 1)")
     m.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 512; tiny 24)")
     m.add_argument("--attention", default="rsd", choices=("rsd", "sdpa", "eager"),
