@@ -28,7 +28,7 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3 || echo python)}
 export PYTHONPATH="$ROOT:$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 RES=${OUT:-$(mktemp -d)}

@@ -3,15 +3,16 @@
     python bench/run_bench.py --out bench.json [--deadline-s 120] [bench/bench_attention.py ...]
 
 The same ``test_*`` functions ``pytest bench/ --benchmark-only`` collects, with their
-``@pytest.mark.parametrize`` cases (shape outermost, so the first shapes of a file, its goal
-shapes, finish first) and skip marks, are called with a small stand-in for pytest-benchmark's
+``@pytest.mark.parametrize`` cases and skip marks (in the order: every file's first shape, its
+goal shape, then every file's second shape, ...; within a shape, modes then backends), are called with a small stand-in for pytest-benchmark's
 ``benchmark`` fixture (``pedantic``, ``stats.stats.median``, ``extra_info``). The JSON written has
 pytest-benchmark's layout (``benchmarks``: ``name``, ``stats.median``, ``extra_info``; what
 ``bench/report.py`` reads) plus ``skipped`` and ``errors``, and is rewritten after every case:
 a run stopped by a timeout keeps the cases that finished. No case starts after ``--deadline-s``;
 the cases left are listed under ``skipped`` ("not run: deadline"). One failing case is recorded
 and the rest still run. gpu_check.sh uses this runner so that it needs neither pytest-benchmark
-on the device image nor a clean exit to print the rows measured.
+on the device image (nor pytest: a stand-in declares the parametrisations) nor a clean exit to
+print the rows measured.
 """
 from __future__ import annotations
 
@@ -63,7 +64,42 @@ class Benchmark:
         return self.pedantic(fn, rounds=5, args=args, kwargs=kwargs)
 
 
+def _pytest_shim():
+    """A stand-in ``pytest`` (``mark.<name>``, ``param``) when the image has none: the bench files only
+    declare parametrisations and skip marks with it, which :func:`cases` reads."""
+    try:
+        import pytest  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    import types
+
+    class ParameterSet:
+        def __init__(self, values, marks, id):
+            self.values, self.marks, self.id = values, marks, id
+
+    class Mark:
+        def __init__(self, name, args, kwargs):
+            self.name, self.args, self.kwargs = name, args, kwargs
+
+        def __call__(self, func):
+            func.pytestmark = list(getattr(func, "pytestmark", [])) + [self]
+            return func
+
+    class MarkGen:
+        def __getattr__(self, name):
+            return lambda *a, **k: Mark(name, a, k)
+
+    mod = types.ModuleType("pytest")
+    mod.mark = MarkGen()
+    mod.param = lambda *values, marks=(), id=None: ParameterSet(
+        values, tuple(marks) if isinstance(marks, (list, tuple)) else (marks,), id)
+    sys.modules["pytest"] = mod
+
+
 def _load(path):
+    _pytest_shim()
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
     name = os.path.splitext(os.path.basename(path))[0]
@@ -96,7 +132,8 @@ def _param(value, argname, i, ids):
 
 
 def cases(mod):
-    """``[(name, function, kwargs, skip reason)]`` of a bench module, shape outermost."""
+    """``[(name, function, kwargs, skip reason, shape rank)]`` of a bench module, shape outermost;
+    the rank is the shape's index in its parametrize list (0 for unparametrised shapes)."""
     out = []
     for fname in sorted(n for n in dir(mod) if n.startswith("test_")):
         fn = getattr(mod, fname)
@@ -109,11 +146,12 @@ def cases(mod):
                 raise ValueError(f"{fname}: multi-name parametrize is not supported by run_bench")
             axes.append((argname, [_param(v, argname, i, m.kwargs.get("ids")) for i, v in enumerate(values)]))
         axes.sort(key=lambda a: ORDER.index(a[0]) if a[0] in ORDER else len(ORDER))
-        for combo in itertools.product(*[vals for _, vals in axes]):
-            kwargs = {name: v[0] for (name, _), v in zip(axes, combo)}
-            ids = "-".join(v[1] for v in combo)
-            why = next((v[2] for v in combo if v[2]), None)
-            out.append((f"{fname}[{ids}]" if ids else fname, fn, kwargs, why))
+        for combo in itertools.product(*[list(enumerate(vals)) for _, vals in axes]):
+            kwargs = {name: v[1][0] for (name, _), v in zip(axes, combo)}
+            ids = "-".join(v[1][1] for v in combo)
+            why = next((v[1][2] for v in combo if v[1][2]), None)
+            rank = next((v[0] for (name, _), v in zip(axes, combo) if name == "shape"), 0)
+            out.append((f"{fname}[{ids}]" if ids else fname, fn, kwargs, why, rank))
     return out
 
 
@@ -135,35 +173,36 @@ def main(argv=None) -> int:
         os.replace(tmp, args.out)
 
     save()
-    for path in files:
+    todo = []
+    for fi, path in enumerate(files):
         try:
-            mod = _load(path)
-            todo = cases(mod)
+            todo += [(rank, fi, os.path.basename(path), *case[:4]) for *case, rank in cases(_load(path))]
         except Exception as exc:
             data["errors"].append({"name": os.path.basename(path), "error": f"{type(exc).__name__}: {exc}"})
             print(f"ERROR {path}: {type(exc).__name__}: {exc}", flush=True)
-            save()
+    save()
+    # every file's first shape (its goal shape) before any file's second one, and so on
+    todo.sort(key=lambda c: (c[0], c[1]))
+    for _, _, fname, name, fn, kwargs, why in todo:
+        full = f"{fname}::{name}"
+        if why:
+            data["skipped"].append({"name": full, "reason": why})
             continue
-        for name, fn, kwargs, why in todo:
-            full = f"{os.path.basename(path)}::{name}"
-            if why:
-                data["skipped"].append({"name": full, "reason": why})
-                continue
-            if time.perf_counter() - t0 > args.deadline_s:
-                data["skipped"].append({"name": full, "reason": "not run: deadline"})
-                continue
-            b = Benchmark()
-            t = time.perf_counter()
-            try:
-                fn(benchmark=b, **kwargs)
-                data["benchmarks"].append({"name": full, "stats": {"median": b.stats.stats.median},
-                                           "extra_info": b.extra_info, "wall_s": time.perf_counter() - t})
-                print(f"ok    {full} {1e6 * b.extra_info.get('time_s', b.stats.stats.median):.1f} us", flush=True)
-            except Exception as exc:
-                data["errors"].append({"name": full, "error": f"{type(exc).__name__}: {exc}",
-                                       "traceback": traceback.format_exc(limit=3)})
-                print(f"ERROR {full}: {type(exc).__name__}: {exc}", flush=True)
-            save()
+        if time.perf_counter() - t0 > args.deadline_s:
+            data["skipped"].append({"name": full, "reason": "not run: deadline"})
+            continue
+        b = Benchmark()
+        t = time.perf_counter()
+        try:
+            fn(benchmark=b, **kwargs)
+            data["benchmarks"].append({"name": full, "stats": {"median": b.stats.stats.median},
+                                       "extra_info": b.extra_info, "wall_s": time.perf_counter() - t})
+            print(f"ok    {full} {1e6 * b.extra_info.get('time_s', b.stats.stats.median):.1f} us", flush=True)
+        except Exception as exc:
+            data["errors"].append({"name": full, "error": f"{type(exc).__name__}: {exc}",
+                                   "traceback": traceback.format_exc(limit=3)})
+            print(f"ERROR {full}: {type(exc).__name__}: {exc}", flush=True)
+        save()
     data["elapsed_s"] = time.perf_counter() - t0
     save()
     print(f"{len(data['benchmarks'])} measured, {len(data['skipped'])} skipped, {len(data['errors'])} errors "

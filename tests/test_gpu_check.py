@@ -100,3 +100,18 @@ def test_gpu_check_dry_run_prints_the_table(tmp_path):
     assert "cuda: the CUDA extension did not build" in summary  # the bench step did not retry the build
     assert "PROJECTED token rate" in summary and "tiny target (projected)" in summary
     assert json.loads((tmp_path / "e2e" / "projected.json").read_text())["runs"]
+
+
+def test_run_bench_order_and_deadline(tmp_path):
+    run_bench = _load("run_bench")
+    out = tmp_path / "b.json"
+    files = [os.path.join(ROOT, "bench", f) for f in ("bench_attention.py", "bench_verify.py")]
+    assert run_bench.main(["--out", str(out), "--deadline-s", "0", *files]) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmarks"] == [] and data["errors"] == []
+    names = [s["name"] for s in data["skipped"]]
+    # every file's first (goal) shape before any second shape
+    first_verify = next(i for i, n in enumerate(names) if n.startswith("bench_verify"))
+    second_attn = next(i for i, n in enumerate(names) if n.startswith("bench_attention") and "B2_" in n)
+    assert first_verify < second_attn
+    assert any(s["reason"] == "not run: deadline" for s in data["skipped"])
