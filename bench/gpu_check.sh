@@ -111,7 +111,9 @@ print(f'extension {ext.__name__} from {ext.__file__} ready in {time.perf_counter
 fi
 if [ $build_ok -eq 0 ]; then
   # no later step retries the build: the cuda rows are skipped, the e2e loop runs on triton
+  # (a build killed by its timeout may also leave torch's JIT lock behind, on which a retry would wait)
   export RSD_BENCH_SKIP_CUDA="the CUDA extension did not build in step 1 (build.log)"
+  export RSD_KERNELS_DISABLE_CUDA="$RSD_BENCH_SKIP_CUDA"
   CUDA_K=" and not cuda"
   if [ "$(fact gpu)" = 1 ]; then E2E_BACKEND=${E2E_BACKEND:-triton}; else E2E_BACKEND=${E2E_BACKEND:-auto}; fi
 else
