@@ -222,6 +222,15 @@ def format_e2e(path):
                 n, fl = recs.get((method, b, "none")), recs.get((method, b, "full"))
                 cells.append(f"{_f(n and 1e3 * n['wall_s'], '{:.1f}'):>7} [{_f(fl and 1e3 * fl['wall_s'], '{:.1f}'):>5}]")
             lines.append(f"  {method:33s} " + " ".join(f"{c:>15}" for c in cells))
+        split_b = 10 if 10 in budgets else (budgets[0] if budgets else None)
+        parts = [k for r in recs.values() for k in r if k.endswith("_s") and k not in ("wall_s", "prefill_s", "other_s")]
+        parts = list(dict.fromkeys(parts)) + ["other_s"]
+        lines.append(f"  split at budget {split_b}, 0 accepted (ms): " + " ".join(f"{p[:-2]:>8}" for p in parts))
+        for method in ("ar", "sd", "spectr", "rsd-c", "rsd-s"):
+            r = recs.get((method, None if method == "ar" else split_b, "none"))
+            if r is not None:
+                lines.append(f"    {method:7s} {str(r.get('config') or '-'):18s}      "
+                             + " ".join(f"{_f(r.get(p) and 1e3 * r[p], '{:.2f}'):>8}" for p in parts))
     if errors:
         lines.append(f"{len(errors)} configurations failed, first: {errors[0]['target']} {errors[0]['config']}: "
                      f"{errors[0]['error'][:200]}")
