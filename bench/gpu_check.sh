@@ -20,6 +20,7 @@
 # by the steps: each step's timeout is its cap (GPU_CHECK_BUILD_S 150, GPU_CHECK_TESTS_S 90,
 # GPU_CHECK_BENCH_S 80, the rest to e2e) unless that would eat what the later steps are guaranteed
 # (tests 40, bench 40, e2e 100, table 10). A step past its timeout is stopped and reported TIMEOUT.
+# It has not yet run on a GPU (no device was lent so far): the H200 table is still owed.
 # GPU_CHECK_DRY_RUN=1 runs the same steps on a CPU at tiny shapes (the build fails there, which is
 # the point: the table must still come); GPU_CHECK_TESTS_K replaces step 2's -k expression;
 # GPU_CHECK_SKIP="tests bench" skips steps; GPU_CHECK_BENCH_FILES names bench files (default: all),
