@@ -19,7 +19,7 @@ for 7B on a GPU). Vocabulary 32000, untied head, context 4096:
 (``rsd_kernels.default_config``: one per method and budget, 20 in all, the configurations the
 committed CPU evaluation measured; ``--configs capped --max-configs N`` adds more), on a fixed random
 prompt (``--prompt-len``, default 512 tokens): ``rsd.generate.Decoder`` ``prefill`` then ``--warmup``
-untimed and ``--blocks`` timed ``step()`` calls. Per block it records every ``*_s`` field of the
+(1) untimed, ``--blocks`` (5; tiny 2) timed and ``--unsynced-blocks`` (2) timed ``step()`` calls. Per block it records every ``*_s`` field of the
 loop's ``BlockStats`` (today ``draft_s``, ``target_s`` = the target verification forward,
 ``verify_s``; a ``cache_s`` or other part the engine reports is picked up by name), the block's wall
 time and ``other_s`` = wall - sum of the parts (work the loop does not attribute, e.g. asynchronous
@@ -30,8 +30,12 @@ forward's GPU time to whichever later part first waits for it. Forward hooks on 
 pre-hook on the model and post-hooks on the model and on its ``lm_head``) call
 ``torch.cuda.synchronize()`` before and after every forward, and the benchmark synchronises after
 each ``step()``; so ``target_s`` / the draft forwards inside ``draft_s`` are complete GPU times, and
-the block wall time is exact. Cost: a few microseconds per forward (the loop itself already waits
-on the GPU when it reads accepted tokens). On the CPU the hooks run and only count calls.
+the block wall time is exact. The per-forward synchronisation costs a few microseconds and removes any
+overlap of host work with the GPU (the loop itself waits on the GPU whenever it reads tokens back,
+so there is little), so after the ``--blocks`` synchronised blocks ``--unsynced-blocks`` more run
+with the hooks' synchronisation off (one synchronisation after ``step()`` only): their median wall
+time, ``wall_unsynced_s``, is the block time the projection uses; the split comes from the
+synchronised ones. On the CPU the hooks run and only count calls.
 
 **Acceptance pattern.** Random weights make acceptance meaningless, so it is fixed: decoding is
 greedy and every configuration is timed twice, (a) ``none``: the models as built (draft and target
@@ -129,12 +133,19 @@ class Hooks:
     def __init__(self, model, device):
         import torch
 
-        self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+        self._sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         self.calls = 0
+        self.syncs = 0
         self.force = False
+        self.sync_on = True
         head = model.get_output_embeddings()
         self.handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post),
                         head.register_forward_hook(self._head)]
+
+    def sync(self):
+        if self.sync_on:
+            self.syncs += 1
+            self._sync()
 
     def _pre(self, module, args):
         self.sync()
@@ -172,8 +183,10 @@ def _sync_fn(device):
     return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
 
-def time_blocks(target, draft, prompt, method, config, *, blocks, warmup, attention, backend, device):
-    """Prefill once, then ``warmup`` + ``blocks`` greedy ``Decoder.step`` calls; the timed blocks' records."""
+def time_blocks(target, draft, prompt, method, config, *, blocks, warmup, attention, backend, device, unsynced=0,
+                set_sync=lambda on: None):
+    """Prefill once, then ``warmup`` + ``blocks`` + ``unsynced`` greedy ``Decoder.step`` calls; the
+    timed blocks' records (``set_sync(False)`` for the last ``unsynced``, marked ``"unsynced": True``)."""
     from rsd.generate import Decoder
 
     sync = _sync_fn(device)
@@ -185,9 +198,10 @@ def time_blocks(target, draft, prompt, method, config, *, blocks, warmup, attent
     sync()
     prefill_s = time.perf_counter() - t
     recs = []
-    for i in range(warmup + blocks):
+    for i in range(warmup + blocks + unsynced):
         if hasattr(dec, "fits") and not dec.fits():
             break
+        set_sync(i < warmup + blocks)
         t = time.perf_counter()
         new, stats = dec.step()
         sync()
@@ -198,19 +212,26 @@ def time_blocks(target, draft, prompt, method, config, *, blocks, warmup, attent
         parts = {k: float(v) for k, v in fields.items() if k.endswith("_s") and isinstance(v, (int, float))}
         recs.append({"wall_s": wall, "accepted": int(fields.get("accepted", len(new) - 1)),
                      "committed": len(new), "draft_calls": int(fields.get("draft_calls", 0)), **parts,
-                     "other_s": wall - sum(parts.values())})
+                     "other_s": wall - sum(parts.values()), "unsynced": i >= warmup + blocks})
+    set_sync(True)
     del dec
     return prefill_s, recs
 
 
 def summarize_blocks(recs) -> dict:
-    """Medians of every timed field over the blocks, plus the mean accepted length."""
-    if not recs:
+    """Medians of every timed field over the synchronised blocks, the median wall time of the
+    unsynchronised ones (``wall_unsynced_s``), and the mean accepted length."""
+    synced = [r for r in recs if not r.get("unsynced")]
+    if not synced:
         return {"blocks": 0}
-    keys = [k for k in recs[0] if k.endswith("_s")]
-    med = {k: _median([r[k] for r in recs]) for k in keys}
-    return {"blocks": len(recs), "accepted_mean": sum(r["accepted"] for r in recs) / len(recs),
-            "draft_calls": recs[0]["draft_calls"], **med}
+    keys = [k for k in synced[0] if k.endswith("_s")]
+    med = {k: _median([r[k] for r in synced]) for k in keys}
+    free = [r["wall_s"] for r in recs if r.get("unsynced")]
+    if free:
+        med["wall_unsynced_s"] = _median(free)
+    return {"blocks": len(synced), "unsynced_blocks": len(free),
+            "accepted_mean": sum(r["accepted"] for r in recs) / len(recs), "draft_calls": synced[0]["draft_calls"],
+            **med}
 
 
 def _median(xs):
@@ -286,19 +307,25 @@ def measure(args) -> dict:
                     continue
                 dhooks.force = thooks.force = pattern == "full"
                 try:
+                    def set_sync(on):
+                        dhooks.sync_on = thooks.sync_on = on
+
                     prefill_s, recs = time_blocks(target, draft, prompt, method, config, blocks=blocks, warmup=warmup,
-                                                  attention=args.attention, backend=args.backend, device=device)
+                                                  attention=args.attention, backend=args.backend, device=device,
+                                                  unsynced=args.unsynced_blocks, set_sync=set_sync)
                     rec.update(prefill_s=prefill_s, **summarize_blocks(recs), per_block=recs)
                 except Exception as exc:  # one failing configuration must not lose the others
                     rec["error"] = f"{type(exc).__name__}: {exc}"
                     log(f"e2e: {tname} {method} {config} {pattern}: {rec['error']}")
                 res["results"].append(rec)
                 save()
+        res["models"][tname].update(head_calls=thooks.calls, syncs=thooks.syncs)
         thooks.remove()
         del target
         gc.collect()
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
+    res["models"][draft_shape].update(head_calls=dhooks.calls, syncs=dhooks.syncs)
     dhooks.remove()
     res["elapsed_s"] = args.time_budget_s - (deadline - time.perf_counter())
     save()
@@ -316,9 +343,9 @@ def format_blocks(res) -> str:
     parts = []
     for r in res["results"]:
         for k in r:
-            if k.endswith("_s") and k not in ("wall_s", "prefill_s", "other_s") and k not in parts:
+            if k.endswith("_s") and k not in ("wall_s", "wall_unsynced_s", "prefill_s", "other_s") and k not in parts:
                 parts.append(k)
-    head = f"{'target':12s} {'method':6s} {'config':14s} {'pattern':7s} {'acc':>5s} {'block_ms':>9s} " + \
+    head = f"{'target':12s} {'method':6s} {'config':14s} {'pattern':7s} {'acc':>5s} {'block_ms':>9s} {'unsync_ms':>9s} " + \
         " ".join(f"{p[:-2] + '_ms':>10s}" for p in parts + ["other_s"])
     lines = [head]
     for r in res["results"]:
@@ -327,21 +354,27 @@ def format_blocks(res) -> str:
             continue
         lines.append(f"{r['target']:12s} {r['method']:6s} {str(r['config'] or '-'):14s} {r['pattern']:7s} "
                      f"{r.get('accepted_mean', float('nan')):5.2f} {_ms(r.get('wall_s')):>9s} "
+                     f"{_ms(r.get('wall_unsynced_s')):>9s} "
                      + " ".join(f"{_ms(r.get(p)):>10s}" for p in parts + ["other_s"]))
     for s in res.get("skipped", []):
         lines.append(f"skipped: {s}")
     return "\n".join(lines)
 
 
+def block_time(r: dict) -> float:
+    """The block time of a record: unsynchronised wall time where measured, else the synchronised one."""
+    return r.get("wall_unsynced_s", r["wall_s"])
+
+
 def block_time_at(full: dict | None, none: dict, accepted: float) -> float:
-    """Block wall time at ``accepted`` tokens per block: linear between the two measured patterns."""
+    """Block time at ``accepted`` tokens per block: linear between the two measured patterns."""
     if full is None or "wall_s" not in full:
-        return none["wall_s"]
+        return block_time(none)
     a0, a1 = none["accepted_mean"], full["accepted_mean"]
     if a1 - a0 < 1e-9:
-        return none["wall_s"]
+        return block_time(none)
     f = min(max((accepted - a0) / (a1 - a0), 0.0), 1.0)
-    return none["wall_s"] + f * (full["wall_s"] - none["wall_s"])
+    return block_time(none) + f * (block_time(full) - block_time(none))
 
 
 def load_evals(paths) -> list:
@@ -394,8 +427,8 @@ def project(res: dict, eval_runs: list) -> dict:
                 "budget": ev["budget"], "depth": ev.get("depth", none["depth"]),
                 "block_efficiency": tau, "accepted_per_block": acc_len,
                 "mbsu": tau / (1 + ratio * ev.get("depth", none["depth"])), "param_ratio": ratio,
-                "token_rate": tau * ar["wall_s"] / bt, "accuracy": ev.get("accuracy"),
-                "block_time_s": bt, "ar_step_s": ar["wall_s"], "projected": True,
+                "token_rate": tau * block_time(ar) / bt, "accuracy": ev.get("accuracy"),
+                "block_time_s": bt, "ar_step_s": block_time(ar), "projected": True,
                 "tau_source": f"{ev.get('model', '?')} on {ds} (CPU, rsd eval)"})
     return out
 
@@ -447,6 +480,8 @@ def main(argv=None) -> int:
     m.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     m.add_argument("--blocks", type=int, default=None, help="timed blocks per configuration (default 5; tiny 2)")
     m.add_argument("--warmup", type=int, default=None, help="untimed blocks first (default 1)")
+    m.add_argument("--unsynced-blocks", type=int, default=2,
+                   help="blocks timed after the others without the per-forward synchronisation (default 2)")
     m.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (default 512; tiny 24)")
     m.add_argument("--attention", default="rsd", choices=("rsd", "sdpa", "eager"),
                    help="target verification attention (default rsd: rsd_kernels.tree_attention)")

@@ -42,7 +42,8 @@ def test_tiny_measure_and_projection(tmp_path, capsys):
     recs = {(r["method"], r["pattern"]): r for r in res["results"]}
     assert set(recs) == {("ar", "none")} | {(m, p) for m in e2e.METHODS for p in e2e.PATTERNS}
     for (method, pattern), r in recs.items():
-        assert "error" not in r and r["blocks"] == 2 and len(r["per_block"]) == 2
+        assert "error" not in r and r["blocks"] == 2 and r["unsynced_blocks"] == 2 and len(r["per_block"]) == 4
+        assert r["wall_unsynced_s"] > 0 and [b["unsynced"] for b in r["per_block"]] == [False, False, True, True]
         for b in r["per_block"]:  # the loop's parts, read by name, and the unattributed rest
             assert {"draft_s", "target_s", "verify_s", "wall_s", "other_s"} <= set(b)
             assert b["wall_s"] > 0 and b["other_s"] > -1e-3
@@ -50,14 +51,16 @@ def test_tiny_measure_and_projection(tmp_path, capsys):
             assert r["accepted_mean"] == r["depth"]
         elif method != "ar":
             assert r["accepted_mean"] < r["depth"]
-    assert res["models"]["tiny-draft"]["params"]["total"] > 0
+    for m in ("tiny-draft", "tiny-target"):  # the synchronising hooks ran around every forward
+        info = res["models"][m]
+        assert info["params"]["total"] > 0 and info["head_calls"] > 0 and info["syncs"] > info["head_calls"]
 
     proj = json.loads((out / "projected.json").read_text())
     assert "PROJECTION" in proj["projection"] and proj["runs"]
-    ar = recs[("ar", "none")]["wall_s"]
+    ar = recs[("ar", "none")]["wall_unsynced_s"]
     for r in proj["runs"]:
         assert r["budget"] == 6 and r["projected"]
-        none, full = recs[(r["method"], "none")]["wall_s"], recs[(r["method"], "full")]["wall_s"]
+        none, full = recs[(r["method"], "none")]["wall_unsynced_s"], recs[(r["method"], "full")]["wall_unsynced_s"]
         assert min(none, full) - 1e-12 <= r["block_time_s"] <= max(none, full) + 1e-12
         assert math.isclose(r["token_rate"], r["block_efficiency"] * ar / r["block_time_s"])
         assert math.isclose(r["mbsu"], r["block_efficiency"] / (1 + r["param_ratio"] * r["depth"]))
@@ -75,6 +78,8 @@ def test_block_time_interpolation_and_projection_arithmetic():
     assert e2e.block_time_at(full, none, 1.0) == pytest.approx(0.011)
     assert e2e.block_time_at(full, none, 9.0) == pytest.approx(0.014)  # clamped to the measured range
     assert e2e.block_time_at(None, none, 2.0) == 0.010
+    assert e2e.block_time_at(dict(full, wall_unsynced_s=0.012), dict(none, wall_unsynced_s=0.008), 2.0) == \
+        pytest.approx(0.010)  # the unsynchronised block times where measured
     res = {"settings": {"targets": ["llama2-7b"], "draft": "draft-115m", "budgets": [10]}, "environment": {},
            "models": {"draft-115m": {"params": {"read_per_call": 100}}, "llama2-7b": {"params": {"read_per_call": 10000}}},
            "results": [
