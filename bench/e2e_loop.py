@@ -280,8 +280,15 @@ def measure(args) -> dict:
     todo = plan(budgets=budgets, configs=args.configs, max_configs=args.max_configs)
     log = args.log or (lambda m: print(m, file=sys.stderr, flush=True))
 
+    save()
     t = time.perf_counter()
-    draft = build_model(draft_shape, device, dtype)
+    try:
+        draft = build_model(draft_shape, device, dtype)
+    except Exception as exc:  # recorded, so the table says why there are no rows
+        res["error"] = f"building the draft {draft_shape}: {type(exc).__name__}: {exc}"
+        log(f"e2e: {res['error']}")
+        save()
+        return res
     res["models"][draft_shape] = {"role": "draft", **SHAPES[draft_shape], "params": param_counts(draft),
                                   "build_s": time.perf_counter() - t}
     dhooks = Hooks(draft, device)
@@ -291,8 +298,14 @@ def measure(args) -> dict:
             save()
             continue
         t = time.perf_counter()
-        target = build_model(tname, device, dtype)
-        _sync_fn(device)()
+        try:
+            target = build_model(tname, device, dtype)
+            _sync_fn(device)()
+        except Exception as exc:
+            res["skipped"].append({"target": tname, "reason": f"build failed: {type(exc).__name__}: {exc}"})
+            log(f"e2e: {tname}: {res['skipped'][-1]['reason']}")
+            save()
+            continue
         build_s = time.perf_counter() - t
         res["models"][tname] = {"role": "target", **SHAPES[tname], "params": param_counts(target), "build_s": build_s}
         log(f"e2e: {tname} built in {build_s:.1f}s ({res['models'][tname]['params']['total'] / 1e9:.3f}e9 params)")
@@ -512,7 +525,7 @@ def main(argv=None) -> int:
     _write_projection(res, args.evals, os.path.join(args.out, "projected.json"),
                       os.path.join(args.out, "projected") if args.plot else None)
     failed = [r for r in res["results"] if "error" in r]
-    return 1 if failed or not res["results"] else 0
+    return 1 if failed or not res["results"] or res.get("error") else 0
 
 
 if __name__ == "__main__":

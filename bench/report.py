@@ -204,7 +204,7 @@ def format_e2e(path):
             res = json.load(f)
     except (OSError, ValueError) as exc:
         return [f"(no e2e results: {exc})"]
-    lines = []
+    lines = [f"ERROR: {res['error']}"] if res.get("error") else []
     budgets = res.get("settings", {}).get("budgets", [])
     errors = [r for r in res.get("results", []) if "error" in r]
     for tname in res.get("settings", {}).get("targets", []):
@@ -238,8 +238,12 @@ def format_e2e(path):
     if errors:
         lines.append(f"{len(errors)} configurations failed, first: {errors[0]['target']} {errors[0]['config']}: "
                      f"{errors[0]['error'][:200]}")
-    if res.get("skipped"):
-        lines.append(f"{len(res['skipped'])} not run (time budget)")
+    for sk in res.get("skipped", []):
+        if "config" not in sk:  # a whole target
+            lines.append(f"{sk.get('target')}: not run: {sk.get('reason')}")
+    n = sum("config" in sk for sk in res.get("skipped", []))
+    if n:
+        lines.append(f"{n} configurations x patterns not run (time budget)")
     proj = os.path.join(os.path.dirname(path), "projected.json")
     if os.path.exists(proj):
         lines += format_projected(proj, budgets)
