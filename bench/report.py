@@ -8,7 +8,7 @@ whatever exists (that is the point: gpu_check.sh calls it whatever failed before
 * ``--steps``: one line per gpu_check step, ``name<TAB>status<TAB>seconds<TAB>detail``.
 * bench JSON (pytest-benchmark's, or ``bench/run_bench.py``'s with ``skipped``/``errors``): per row
   op, shape, mode, backend, time (device time ``extra_info.time_s`` when recorded, else the
-  median), microseconds per row, GB/s, ``of_floor`` = (bytes / copy bandwidth) / time, and the
+  median), the host-inclusive call time, microseconds per row, GB/s, ``of_floor`` = (bytes / copy bandwidth) / time, and the
   ratios ``x_sdpa`` / ``x_flex`` / ``x_torch`` = baseline time / this row's time (same op and shape;
   > 1 means faster than the baseline). ``goal``: met / MISSED for rows a goal applies to.
 * ``--tests``: the kernel tests' JUnit XML, counted per backend (test ids naming ``cuda`` /
@@ -61,6 +61,7 @@ def load_bench(paths):
             rows.append({
                 "op": info.get("op", b.get("name", "?")), "shape": info.get("shape", ""), "mode": info.get("mode", ""),
                 "backend": info.get("backend", ""), "time_s": float(t), "rows": info.get("rows"),
+                "call_s": info.get("call_s"),
                 "gbps": nbytes / t / 1e9 if nbytes else None,
                 "of_floor": (nbytes / (peak * 1e9)) / t if nbytes and peak else None,
                 "prefix": info.get("prefix"), "device": info.get("device", ""), "peak_gbps": peak,
@@ -185,12 +186,13 @@ def _f(v, fmt, dash="-"):
 
 
 def format_bench(rows):
-    fmt = "{:<26} {:<26} {:<6} {:<7} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
-    lines = [fmt.format("op", "shape", "mode", "backend", "time_us", "us/row", "GB/s", "of_floor", "x_sdpa",
-                        "x_flex", "x_torch", "goal")]
+    fmt = "{:<26} {:<26} {:<6} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
+    lines = [fmt.format("op", "shape", "mode", "backend", "time_us", "call_us", "us/row", "GB/s", "of_floor",
+                        "x_sdpa", "x_flex", "x_torch", "goal")]
     for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r["mode"], r["backend"])):
         lines.append(fmt.format(
             r["op"], r["shape"], r["mode"], r["backend"], _f(1e6 * r["time_s"], "{:.1f}"),
+            _f(r["call_s"] and 1e6 * r["call_s"], "{:.1f}"),
             _f(1e6 * r["time_s"] / r["rows"] if r.get("rows") else None, "{:.2f}"), _f(r["gbps"], "{:.0f}"),
             _f(r["of_floor"], "{:.0%}"), _f(r["x_sdpa"], "{:.2f}"), _f(r["x_flex"], "{:.2f}"),
             _f(r["x_torch"], "{:.1f}"), r.get("goal", "")))
@@ -293,7 +295,8 @@ def main(argv=None) -> int:
     peaks = sorted({r["peak_gbps"] for r in rows if r.get("peak_gbps")})
     devs = sorted({r["device"] for r in rows if r.get("device")})
     print(f"\n== microbenchmarks on {', '.join(devs) or '?'}: time = device time per call; of_floor = "
-          f"(bytes / {', '.join(f'{p:g}' for p in peaks) or 'no'} GB/s copy bandwidth) / time; x_* = baseline time / time")
+          f"(bytes / {', '.join(f'{p:g}' for p in peaks) or 'no'} GB/s copy bandwidth) / time; x_* = baseline time / time;"
+          "\n   call_us = host-inclusive time of one call (+ synchronize); goals use time_us")
     if rows:
         print("\n".join(format_bench(rows)))
     else:
