@@ -101,8 +101,8 @@ PATTERNS = ("none", "full")
 DEFAULT_EVALS = tuple(sorted(glob.glob(os.path.join(ROOT, "docs", "figures", "trained_*.json"))))
 PROJECTION_NOTE = ("PROJECTION, not a measurement: token rate = tau * ar_step_time / block_time(a), with tau and "
                    "the accepted length a per block measured on the CPU with the embedded SmolLM2 pair "
-                   "(rsd eval) and the block and AR step times measured with random-weight models at the "
-                   "seed's shapes (bench/e2e_loop.py); block_time(a) interpolates linearly between the "
+                   "(rsd eval) and the block and AR step times measured with random-weight models "
+                   "(bench/e2e_loop.py); block_time(a) interpolates linearly between the "
                    "times measured at 0 accepted tokens and at a full path.")
 
 
@@ -406,7 +406,11 @@ def project(res: dict, eval_runs: list) -> dict:
     for r in res["results"]:
         if "error" not in r and r.get("blocks"):
             by_key[(r["target"], r["method"], r["config"], r["pattern"])] = r
-    out = {"schema": "rsd-eval/1", "projection": PROJECTION_NOTE, "source": {"e2e": res.get("environment"),
+    env = res.get("environment") or {}
+    note = (f"{PROJECTION_NOTE} Block times here: {env.get('device', '?')}, targets "
+            f"{', '.join(res['settings']['targets'])}, draft {draft_shape}"
+            + (" (tiny shapes: a test of the code path, not the seed's shapes)." if res.get("tiny") else "."))
+    out = {"schema": "rsd-eval/1", "projection": note, "source": {"e2e": res.get("environment"),
            "evals": sorted({r.get("model", "?") for r in eval_runs})},
            "datasets_order": [], "runs": [], "ar": [], "peer": [], "missing": []}
     budgets = set(res["settings"]["budgets"])

@@ -259,8 +259,8 @@ def format_projected(path, budgets):
             proj = json.load(f)
     except (OSError, ValueError) as exc:
         return [f"(no projection: {exc})"]
-    lines = ["", "PROJECTED token rate over AR (a projection, not a measurement: tau from the CPU eval x GPU "
-             f"block times; {os.path.basename(path)}, draw it with `rsd plot`):"]
+    lines = ["", "PROJECTED token rate over AR (a projection, not a measurement: tau from the CPU eval x the "
+             f"block times above; {os.path.basename(path)}, draw it with `rsd plot`):"]
     cells = {}
     for r in proj.get("runs", []):
         cells[(r["model"], r["dataset"], r["method"], r["budget"])] = r["token_rate"]
