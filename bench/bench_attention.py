@@ -17,9 +17,10 @@ try:
 except ImportError:  # pragma: no cover
     flex_attention = None
 
-# (B, Hq, Hkv, T, D, S)
-GPU_SHAPES = [(1, 32, 8, 64, 128, 4096), (8, 32, 8, 32, 128, 2048), (1, 32, 8, 16, 128, 32768),
-              (4, 16, 16, 31, 64, 1024), (16, 32, 8, 8, 128, 8192)]
+# (B, Hq, Hkv, T, D, S). First the goal shapes (prefix >= 4k): Llama-2-7B and -13B verification
+# forwards (MHA, D 128, a 31-node tree = budget 30), then GQA / long / batched ones.
+GPU_SHAPES = [(1, 32, 32, 31, 128, 4096), (1, 40, 40, 31, 128, 4096), (1, 32, 8, 64, 128, 4096),
+              (1, 32, 8, 16, 128, 32768), (16, 32, 8, 8, 128, 8192), (8, 32, 8, 32, 128, 2048)]
 CPU_SHAPES = [(1, 8, 2, 16, 64, 512), (2, 4, 4, 7, 128, 256)]
 SHAPES = GPU_SHAPES if ON_GPU else CPU_SHAPES
 EXTRA = [("sdpa", None), ("flex", None if (ON_GPU and flex_attention is not None) else "FlexAttention needs a GPU")]
@@ -63,4 +64,4 @@ def test_tree_attention(benchmark, backend, shape):
         fn = lambda: flex(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)  # noqa: E731
     else:
         fn = lambda: tree_attention(q, k, v, tree, prefix, scale=scale, backend=backend)  # noqa: E731
-    run(benchmark, fn, nbytes, op="tree_attention", backend=backend, shape=str(shape))
+    run(benchmark, fn, nbytes, rows=B, op="tree_attention", backend=backend, shape=str(shape), prefix=S)

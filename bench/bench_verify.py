@@ -7,7 +7,8 @@ import torch
 from benchutil import DEVICE, ON_GPU, backend_params, run
 from rsd_kernels import verify_tree
 
-SHAPES = [(8, 32, 128256), (32, 16, 32000), (1, 64, 151936)] if ON_GPU else [(4, 16, 4096)]  # (B, T, V)
+# (B, T, V); the first is the goal shape: one row, a 31-node tree (budget 30), Llama 2's vocabulary
+SHAPES = [(1, 31, 32000), (8, 32, 128256), (32, 16, 32000)] if ON_GPU else [(1, 31, 4096), (4, 16, 4096)]
 
 
 def _inputs(B, T, V):
@@ -36,5 +37,5 @@ def test_verify_tree(benchmark, backend, shape, mode):
     rows = 1 if mode == "greedy" else 2
     nbytes = rows * float((res.num_accepted + 1).sum()) * V * tl_.element_size()
     fn = lambda: verify_tree(tl_, dl, tokens, parents, **kw)  # noqa: E731
-    run(benchmark, fn, nbytes, op="verify_tree", backend=backend, shape=str(shape), mode=mode,
+    run(benchmark, fn, nbytes, rows=B, op="verify_tree", backend=backend, shape=str(shape), mode=mode,
         mean_accepted=float(res.num_accepted.float().mean()))

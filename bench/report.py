@@ -1,37 +1,322 @@
-"""Print a compact table from a pytest-benchmark JSON file.
+"""The GPU check's table: step status, microbenchmarks with ratios, the issue's goals, the e2e summary.
 
-    pytest bench/ --benchmark-only --benchmark-json=bench.json
-    python bench/report.py bench.json
+    python bench/report.py bench.json [more.json ...] [--steps steps.tsv] [--tests tests.xml] [--e2e e2e.json]
 
-(bench/pytest.ini is the configuration there: it collects bench_*.py with benchmarks enabled.)
-Columns: op, shape, mode, backend, median time, effective GB/s, the floor time (bytes /
-peak bandwidth) and the fraction of it achieved.
+Every input is optional and may be missing, empty or truncated: the table is printed from
+whatever exists (that is the point: gpu_check.sh calls it whatever failed before).
+
+* ``--steps``: one line per gpu_check step, ``name<TAB>status<TAB>seconds<TAB>detail``.
+* bench JSON (pytest-benchmark's, or ``bench/run_bench.py``'s with ``skipped``/``errors``): per row
+  op, shape, mode, backend, time (device time ``extra_info.time_s`` when recorded, else the
+  median), the host-inclusive call time, microseconds per row, GB/s, ``of_floor`` = (bytes / copy bandwidth) / time, and the
+  ratios ``x_sdpa`` / ``x_flex`` / ``x_torch`` = baseline time / this row's time (same op and shape;
+  > 1 means faster than the baseline). ``goal``: met / MISSED for rows a goal applies to.
+* ``--tests``: the kernel tests' JUnit XML, counted per backend (test ids naming ``cuda`` /
+  ``triton``): "every backend equal to the reference" is met when a backend's tests ran and none failed.
+* ``--e2e``: ``bench/e2e_loop.py``'s ``e2e.json``: AR step and block times per method and budget.
+
+The goals (issue 15, H200): tree attention >= 80% of copy bandwidth at prefix >= 4k, >= 3x SDPA with
+a dense mask and >= FlexAttention there; verify_tree <= 20 us at B=1, V=32000, T=31 and >= 10x the
+torch reference; every backend equal to the reference.
 """
+from __future__ import annotations
+
+import argparse
 import json
+import math
+import os
 import sys
+import xml.etree.ElementTree as ET
+
+KERNELS = ("triton", "cuda")
+ATTN_MIN_FRACTION = 0.80
+ATTN_MIN_PREFIX = 4096
+ATTN_MIN_X_SDPA = 3.0
+ATTN_MIN_X_FLEX = 1.0
+VERIFY_SHAPE = "(1, 31, 32000)"
+VERIFY_MAX_US = 20.0
+VERIFY_MIN_X_TORCH = 10.0
 
 
-def rows(data):
-    for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        median = b["stats"]["median"]
-        peak = info.get("peak_gbps")
-        floor_us = info["bytes"] / (peak * 1e9) * 1e6 if peak else None
-        yield (info.get("op", b["name"]), info.get("shape", ""), info.get("mode", ""), info.get("backend", ""),
-               median * 1e6, info.get("gbps"), floor_us, info.get("floor_fraction"), info.get("device", ""))
+# ---------------------------------------------------------------- inputs
+
+def load_bench(paths):
+    """Rows (dicts) and the skipped / error entries of every readable bench JSON."""
+    rows, skipped, errors = [], [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            errors.append({"name": os.path.basename(path), "error": f"unreadable: {exc}"})
+            continue
+        skipped += data.get("skipped", [])
+        errors += data.get("errors", [])
+        for b in data.get("benchmarks", []):
+            info = b.get("extra_info", {})
+            t = info.get("time_s") or b.get("stats", {}).get("median")
+            if not isinstance(t, (int, float)) or not t > 0:
+                continue
+            peak, nbytes = info.get("peak_gbps"), info.get("bytes")
+            rows.append({
+                "op": info.get("op", b.get("name", "?")), "shape": info.get("shape", ""), "mode": info.get("mode", ""),
+                "backend": info.get("backend", ""), "time_s": float(t), "rows": info.get("rows"),
+                "call_s": info.get("call_s"),
+                "gbps": nbytes / t / 1e9 if nbytes else None,
+                "of_floor": (nbytes / (peak * 1e9)) / t if nbytes and peak else None,
+                "prefix": info.get("prefix"), "device": info.get("device", ""), "peak_gbps": peak,
+            })
+    return rows, skipped, errors
 
 
-def main(path):
-    with open(path) as f:
-        data = json.load(f)
-    head = ("op", "shape", "mode", "backend", "median_us", "GB/s", "floor_us", "of_floor", "device")
-    fmt = "{:<27} {:<28} {:<6} {:<7} {:>11} {:>8} {:>9} {:>8}  {}"
-    print(fmt.format(*head))
-    for op, shape, mode, backend, us, gbps, floor_us, frac, dev in sorted(rows(data)):
-        print(fmt.format(op, shape, mode, backend, f"{us:.1f}", f"{gbps:.1f}" if gbps is not None else "-",
-                         f"{floor_us:.1f}" if floor_us is not None else "-",
-                         f"{100 * frac:.0f}%" if frac is not None else "-", dev))
+def add_ratios(rows):
+    by = {(r["op"], r["shape"], r["mode"], r["backend"]): r for r in rows}
+    for r in rows:
+        for base, col in (("sdpa", "x_sdpa"), ("flex", "x_flex"), ("torch", "x_torch")):
+            b = by.get((r["op"], r["shape"], r["mode"], base))
+            r[col] = b["time_s"] / r["time_s"] if b is not None and r["backend"] != base else None
+    return rows
+
+
+def load_tests(path):
+    """``{backend: {"passed", "failed", "skipped"}}`` from JUnit XML, or None."""
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError):
+        return None
+    out = {b: {"passed": 0, "failed": 0, "skipped": 0} for b in KERNELS + ("other",)}
+    for tc in root.iter("testcase"):
+        name = f"{tc.get('classname', '')}::{tc.get('name', '')}"
+        b = "cuda" if "cuda" in name.lower() else "triton" if "triton" in name.lower() else "other"
+        if tc.find("failure") is not None or tc.find("error") is not None:
+            out[b]["failed"] += 1
+        elif tc.find("skipped") is not None:
+            out[b]["skipped"] += 1
+        else:
+            out[b]["passed"] += 1
+    return out
+
+
+def load_steps(path):
+    steps = []
+    if path and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                if parts and parts[0]:
+                    steps.append((parts + ["", "", ""])[:4])
+    return steps
+
+
+# ---------------------------------------------------------------- goals
+
+def _prefix(r):
+    if r.get("prefix") is not None:
+        return int(r["prefix"])
+    try:  # shape "(B, Hq, Hkv, T, D, S)"
+        return int(r["shape"].strip("()").split(",")[-1])
+    except (ValueError, AttributeError):
+        return 0
+
+
+def goals(rows, tests, build_failed=False, tests_partial=False):
+    """``[(goal, backend, value text, status)]``, status "met" / "MISSED" / "not measured"; marks rows' ``goal``."""
+    out = []
+    for b in KERNELS:
+        attn = [r for r in rows if r["op"] == "tree_attention" and r["backend"] == b and _prefix(r) >= ATTN_MIN_PREFIX]
+        why = "not measured" + (" (build failed)" if b == "cuda" and build_failed else "")
+        for label, col, thr, fmt in (
+                (f">= {ATTN_MIN_FRACTION:.0%} of copy bandwidth", "of_floor", ATTN_MIN_FRACTION, "{:.0%}"),
+                (f">= {ATTN_MIN_X_SDPA:g}x SDPA (dense mask)", "x_sdpa", ATTN_MIN_X_SDPA, "{:.2f}x"),
+                (">= FlexAttention", "x_flex", ATTN_MIN_X_FLEX, "{:.2f}x")):
+            vals = [(r[col], r) for r in attn if r.get(col) is not None]
+            if not vals:
+                out.append((f"tree attention {label}, prefix >= 4k", b, "-", why))
+                continue
+            worst, wr = min(vals, key=lambda v: v[0])
+            ok = worst >= thr
+            for v, r in vals:
+                r.setdefault("goal_misses", 0)
+                r["goal_misses"] += v < thr
+            out.append((f"tree attention {label}, prefix >= 4k", b, f"min {fmt.format(worst)} at {wr['shape']}",
+                        "met" if ok else "MISSED"))
+        ver = [r for r in rows if r["op"] == "verify_tree" and r["backend"] == b and r["shape"] == VERIFY_SHAPE]
+        if ver:
+            worst = max(ver, key=lambda r: r["time_s"])
+            us = 1e6 * worst["time_s"]
+            for r in ver:
+                r["goal_misses"] = r.get("goal_misses", 0) + (1e6 * r["time_s"] > VERIFY_MAX_US)
+            out.append((f"verify_tree <= {VERIFY_MAX_US:g} us, B=1 T=31 V=32000", b,
+                        f"max {us:.1f} us ({worst['mode']})", "met" if us <= VERIFY_MAX_US else "MISSED"))
+            xs = [(r["x_torch"], r) for r in ver if r.get("x_torch") is not None]
+            if xs:
+                x, xr = min(xs, key=lambda v: v[0])
+                for v, r in xs:
+                    r["goal_misses"] += v < VERIFY_MIN_X_TORCH
+                out.append((f"verify_tree >= {VERIFY_MIN_X_TORCH:g}x torch reference, B=1 T=31 V=32000", b,
+                            f"min {x:.1f}x ({xr['mode']})", "met" if x >= VERIFY_MIN_X_TORCH else "MISSED"))
+            else:
+                out.append((f"verify_tree >= {VERIFY_MIN_X_TORCH:g}x torch reference, B=1 T=31 V=32000", b, "-",
+                            "not measured"))
+        else:
+            for label in (f"verify_tree <= {VERIFY_MAX_US:g} us, B=1 T=31 V=32000",
+                          f"verify_tree >= {VERIFY_MIN_X_TORCH:g}x torch reference, B=1 T=31 V=32000"):
+                out.append((label, b, "-", why))
+        t = (tests or {}).get(b)
+        if t is None or t["passed"] + t["failed"] == 0:
+            out.append(("equal to the reference (kernel tests)", b,
+                        "-" if t is None else f"{t['skipped']} skipped", why if t is None or b == "cuda" and build_failed
+                        else "not measured (all skipped)"))
+        else:
+            out.append(("equal to the reference (kernel tests)", b,
+                        f"{t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped",
+                        "MISSED" if t["failed"] else "met (partial: tests step stopped)" if tests_partial else "met"))
+    for r in rows:
+        if "goal_misses" in r:
+            r["goal"] = "met" if r["goal_misses"] == 0 else "MISSED"
+    return out
+
+
+# ---------------------------------------------------------------- printing
+
+def _f(v, fmt, dash="-"):
+    return dash if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def format_bench(rows):
+    fmt = "{:<26} {:<26} {:<6} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
+    lines = [fmt.format("op", "shape", "mode", "backend", "time_us", "call_us", "us/row", "GB/s", "of_floor",
+                        "x_sdpa", "x_flex", "x_torch", "goal")]
+    for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r["mode"], r["backend"])):
+        lines.append(fmt.format(
+            r["op"], r["shape"], r["mode"], r["backend"], _f(1e6 * r["time_s"], "{:.1f}"),
+            _f(r["call_s"] and 1e6 * r["call_s"], "{:.1f}"),
+            _f(1e6 * r["time_s"] / r["rows"] if r.get("rows") else None, "{:.2f}"), _f(r["gbps"], "{:.0f}"),
+            _f(r["of_floor"], "{:.0%}"), _f(r["x_sdpa"], "{:.2f}"), _f(r["x_flex"], "{:.2f}"),
+            _f(r["x_torch"], "{:.1f}"), r.get("goal", "")))
+    return lines
+
+
+def format_e2e(path):
+    """AR step and block times (ms, pattern ``none``; ``full`` in brackets) per target, method and budget."""
+    try:
+        with open(path) as f:
+            res = json.load(f)
+    except (OSError, ValueError) as exc:
+        return [f"(no e2e results: {exc})"]
+    lines = [f"ERROR: {res['error']}"] if res.get("error") else []
+    budgets = res.get("settings", {}).get("budgets", [])
+    errors = [r for r in res.get("results", []) if "error" in r]
+    for tname in res.get("settings", {}).get("targets", []):
+        recs = {(r["method"], r.get("budget"), r["pattern"]): r for r in res.get("results", [])
+                if r["target"] == tname and "error" not in r and r.get("blocks")}
+        ar = recs.get(("ar", None, "none"))
+        m = res.get("models", {}).get(tname, {})
+        lines.append(f"{tname} ({_f(m.get('params', {}).get('total', None) and m['params']['total'] / 1e9, '{:.2f}e9')} "
+                     f"params, built in {_f(m.get('build_s'), '{:.1f}')}s): AR step "
+                     f"{_f(ar and 1e3 * ar.get('wall_unsynced_s', ar['wall_s']), '{:.2f}')} ms (target {_f(ar and 1e3 * ar.get('target_s', float('nan')), '{:.2f}')} ms)")
+        lines.append("  block ms, 0 accepted [full path]: " + " ".join(f"{b:>15}" for b in budgets))
+
+        def bt(r):  # the block time: without the per-forward synchronisation where measured
+            return r.get("wall_unsynced_s", r["wall_s"])
+
+        for method in ("sd", "spectr", "rsd-c", "rsd-s"):
+            cells = []
+            for b in budgets:
+                n, fl = recs.get((method, b, "none")), recs.get((method, b, "full"))
+                cells.append(f"{_f(n and 1e3 * bt(n), '{:.1f}'):>7} [{_f(fl and 1e3 * bt(fl), '{:.1f}'):>5}]")
+            lines.append(f"  {method:33s} " + " ".join(f"{c:>15}" for c in cells))
+        split_b = 10 if 10 in budgets else (budgets[0] if budgets else None)
+        parts = [k for r in recs.values() for k in r if k.endswith("_s") and k not in ("wall_s", "wall_unsynced_s", "prefill_s", "other_s")]
+        parts = list(dict.fromkeys(parts)) + ["other_s"]
+        lines.append(f"  split at budget {split_b}, 0 accepted, synchronised blocks (ms): " + " ".join(f"{p[:-2]:>8}" for p in parts))
+        for method in ("ar", "sd", "spectr", "rsd-c", "rsd-s"):
+            r = recs.get((method, None if method == "ar" else split_b, "none"))
+            if r is not None:
+                lines.append(f"    {method:7s} {str(r.get('config') or '-'):18s}      "
+                             + " ".join(f"{_f(r.get(p) and 1e3 * r[p], '{:.2f}'):>8}" for p in parts))
+    if errors:
+        lines.append(f"{len(errors)} configurations failed, first: {errors[0]['target']} {errors[0]['config']}: "
+                     f"{errors[0]['error'][:200]}")
+    for sk in res.get("skipped", []):
+        if "config" not in sk:  # a whole target
+            lines.append(f"{sk.get('target')}: not run: {sk.get('reason')}")
+    n = sum("config" in sk for sk in res.get("skipped", []))
+    if n:
+        lines.append(f"{n} configurations x patterns not run (time budget)")
+    proj = os.path.join(os.path.dirname(path), "projected.json")
+    if os.path.exists(proj):
+        lines += format_projected(proj, budgets)
+    return lines
+
+
+def format_projected(path, budgets):
+    """Projected token rate (method over AR) per model, data set, method and budget."""
+    try:
+        with open(path) as f:
+            proj = json.load(f)
+    except (OSError, ValueError) as exc:
+        return [f"(no projection: {exc})"]
+    lines = ["", "PROJECTED token rate over AR (a projection, not a measurement: tau from the CPU eval x the "
+             f"block times above; {os.path.basename(path)}, draw it with `rsd plot`):"]
+    cells = {}
+    for r in proj.get("runs", []):
+        cells[(r["model"], r["dataset"], r["method"], r["budget"])] = r["token_rate"]
+    for model, ds in dict.fromkeys((m, d) for m, d, _, _ in cells):
+        lines.append(f"  {model} on {ds}: " + " ".join(f"{b:>6}" for b in budgets))
+        for method in ("sd", "spectr", "rsd-c", "rsd-s"):
+            lines.append(f"    {method:{len(model) + len(ds) + 2}s} "
+                         + " ".join(f"{_f(cells.get((model, ds, method, b)), '{:.2f}'):>6}" for b in budgets))
+    if proj.get("missing"):
+        lines.append(f"  ({len(proj['missing'])} configurations without a GPU block time or a CPU tau)")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("bench", nargs="*", help="bench JSON files")
+    ap.add_argument("--steps")
+    ap.add_argument("--tests")
+    ap.add_argument("--e2e")
+    args = ap.parse_args(argv)
+    steps = load_steps(args.steps)
+    if steps:
+        print(f"{'step':8s} {'status':22s} {'seconds':>7s}  detail")
+        for name, status, secs, detail in steps:
+            print(f"{name:8s} {status:22s} {secs:>7s}  {detail}")
+    build_failed = any(s[0] == "build" and not s[1].startswith("ok") for s in steps)
+    rows, skipped, errors = load_bench(args.bench)
+    add_ratios(rows)
+    tests = load_tests(args.tests)
+    tests_partial = any(s[0] == "tests" and s[1].startswith("TIMEOUT") for s in steps)
+    gl = goals(rows, tests, build_failed, tests_partial)
+    peaks = sorted({r["peak_gbps"] for r in rows if r.get("peak_gbps")})
+    devs = sorted({r["device"] for r in rows if r.get("device")})
+    print(f"\n== microbenchmarks on {', '.join(devs) or '?'}: time = device time per call; of_floor = "
+          f"(bytes / {', '.join(f'{p:g}' for p in peaks) or 'no'} GB/s copy bandwidth) / time; x_* = baseline time / time;"
+          "\n   call_us = host-inclusive time of one call (+ synchronize); goals use time_us")
+    if rows:
+        print("\n".join(format_bench(rows)))
+    else:
+        print("(no benchmark rows)")
+    reasons = {}
+    for s in skipped:
+        reasons.setdefault(str(s.get("reason", "?"))[:110], []).append(s.get("name", "?"))
+    for why, names in sorted(reasons.items()):
+        print(f"skipped {len(names)}: {why}")
+    for e in errors[:8]:
+        print(f"ERROR {e.get('name')}: {str(e.get('error'))[:200]}")
+    print("\n== goals (issue 15, H200)")
+    print(f"{'goal':62s} {'backend':7s} {'value':38s} status")
+    for g, b, v, st in gl:
+        print(f"{g:62s} {b:7s} {v:38s} {st}")
+    if args.e2e:
+        print("\n== end-to-end loop (bench/e2e_loop.py; projection: projected.json next to e2e.json)")
+        print("\n".join(format_e2e(args.e2e)))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench.json")
+    sys.exit(main())

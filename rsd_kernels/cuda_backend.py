@@ -9,6 +9,7 @@ Importing this module loads the compiled extension, in this order:
    first use compiles. ``TORCH_CUDA_ARCH_LIST`` is honoured; unset, torch builds for the
    visible GPUs. ``RSD_KERNELS_VERBOSE_BUILD=1`` shows the compiler output.
 
+``RSD_KERNELS_DISABLE_CUDA=<reason>`` makes the import fail with that reason (no load, no build).
 Where neither can work (CPU-only torch, no CUDA device, no CUDA toolkit, no sources) the
 import raises ``ImportError`` with the reason, which :mod:`rsd_kernels.backends` reports
 when ``backend="cuda"`` is asked for. Then the four ops are registered with exactly the
@@ -66,6 +67,8 @@ def _jit_build(src: Path):
 
 
 def _load_extension():
+    if os.environ.get("RSD_KERNELS_DISABLE_CUDA"):  # e.g. bench/gpu_check.sh after a failed build: no retry
+        raise ImportError(f"the CUDA backend is disabled (RSD_KERNELS_DISABLE_CUDA): {os.environ['RSD_KERNELS_DISABLE_CUDA']}")
     if torch.version.cuda is None:
         raise ImportError(f"the CUDA backend needs a CUDA build of torch; torch {torch.__version__} is CPU-only")
     if not torch.cuda.is_available():
