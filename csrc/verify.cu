@@ -3,7 +3,7 @@
 // Mirrors rsd_kernels/verify/reference.py operation by operation: p and q are kept as whole
 // vectors in a [B, V] workspace of the compute type (float, or double for fp64 logits), the
 // residuals are successive divisions, and every reduction over the vocabulary is block-wide.
-// Only the nodes the walk visits are read. Noise: explicit tensors or the Philox streams of
+// Only the nodes the walk visits are read (greedy: the nodes whose root path matches). Noise: explicit tensors or the Philox streams of
 // rsd_kernels/noise.py (philox.cuh). No torch headers.
 #include "common.cuh"
 #include "philox.cuh"
@@ -103,7 +103,7 @@ __device__ __forceinline__ float accept_uniform(const VerifyArgs& a, int b, int 
                    : philox_uniform(a.seed, a.offset, static_cast<uint32_t>(b), kStreamAccept | static_cast<uint32_t>(j), 0);
 }
 
-// rrs and greedy: one pass over node indices; node j is tested iff its parent is the current node.
+// rrs: one pass over node indices; node j is tested iff its parent is the current node.
 template <typename T, typename C>
 __device__ void walk_rrs(const VerifyArgs& a, int b, int n, int& last, int& next, Scratch<C>& s) {
   const int64_t row_stride = static_cast<int64_t>(a.T) * a.V;
@@ -113,38 +113,69 @@ __device__ void walk_rrs(const VerifyArgs& a, int b, int n, int& last, int& next
   const int32_t* parents = a.parents + static_cast<int64_t>(b) * a.T;
   C* p = static_cast<C*>(a.p_work) + static_cast<int64_t>(b) * a.V;
   C* q = static_cast<C*>(a.q_work) + static_cast<int64_t>(b) * a.V;
-  const bool greedy = a.mode == VerifyMode::kGreedy;
   const C temp = static_cast<C>(a.temperature);
-  int cur = 0, best = 0;
-  if (greedy) {
-    best = argmax_row<T, C>(tl, a.V, s);
-  } else {
-    softmax_row(tl, p, a.V, temp, s);
-    softmax_row(dl, q, a.V, temp, s);
-  }
+  int cur = 0;
+  softmax_row(tl, p, a.V, temp, s);
+  softmax_row(dl, q, a.V, temp, s);
   for (int j = 1; j < n; ++j) {
     if (parents[j] != cur) continue;
     const int x = static_cast<int>(tokens[j]);
-    bool acc;
-    if (greedy) {
-      acc = x == best;
+    const C px = p[x], qx = q[x];
+    const bool acc = static_cast<C>(accept_uniform(a, b, j)) * qx < px;
+    if (!acc) {
+      reject_update(p, q, x, qx, a.V, s);
     } else {
-      const C px = p[x], qx = q[x];
-      acc = static_cast<C>(accept_uniform(a, b, j)) * qx < px;
-      if (!acc) {
-        reject_update(p, q, x, qx, a.V, s);
-      } else {
-        softmax_row(tl + j * static_cast<int64_t>(a.V), p, a.V, temp, s);
-        softmax_row(dl + j * static_cast<int64_t>(a.V), q, a.V, temp, s);
-      }
-    }
-    if (acc) {
+      softmax_row(tl + j * static_cast<int64_t>(a.V), p, a.V, temp, s);
+      softmax_row(dl + j * static_cast<int64_t>(a.V), q, a.V, temp, s);
       cur = j;
-      if (greedy) best = argmax_row<T, C>(tl + j * static_cast<int64_t>(a.V), a.V, s);
     }
   }
   last = cur;
-  next = greedy ? best : sample_from_weights(p, a.V, a, b, s);
+  next = sample_from_weights(p, a.V, a, b, s);
+}
+
+// greedy: the longest matching path, ties to the first in sampling order (the rule of
+// reference.py). best[j]: the target argmax at node j, computed once when its first child is
+// tested (-1 before); reach[j]: the depth of node j if its whole root path matches, else -1,
+// then (backward pass) the deepest matching depth in j's subtree. Both live in shared memory;
+// thread 0 writes them and the barriers publish them, so every thread takes the same branches.
+template <typename T, typename C>
+__device__ void walk_greedy(const VerifyArgs& a, int b, int n, int& last, int& next, Scratch<C>& s, int* best,
+                            int* reach) {
+  const T* tl = static_cast<const T*>(a.target_logits) + b * static_cast<int64_t>(a.T) * a.V;
+  const int64_t* tokens = a.tokens + static_cast<int64_t>(b) * a.T;
+  const int32_t* parents = a.parents + static_cast<int64_t>(b) * a.T;
+  for (int j = threadIdx.x; j < a.T; j += blockDim.x) {
+    best[j] = -1;
+    reach[j] = j == 0 ? 0 : -1;
+  }
+  __syncthreads();
+  for (int j = 1; j < n; ++j) {
+    const int par = parents[j];
+    const int rp = reach[par];
+    if (rp < 0) continue;
+    int bp = best[par];
+    const bool fresh = bp < 0;
+    if (fresh) bp = argmax_row<T, C>(tl + par * static_cast<int64_t>(a.V), a.V, s);  // ends with a barrier
+    if (threadIdx.x == 0) {
+      if (fresh) best[par] = bp;
+      if (tokens[j] == bp) reach[j] = rp + 1;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    for (int j = n - 1; j > 0; --j) {
+      const int par = parents[j];
+      if (reach[j] > reach[par]) reach[par] = reach[j];  // only matched nodes have reach >= 0
+    }
+  }
+  __syncthreads();
+  const int h = reach[0];
+  int cur = 0;
+  for (int j = 1; j < n; ++j)
+    if (parents[j] == cur && reach[j] == h) cur = j;
+  last = cur;
+  next = best[cur] >= 0 ? best[cur] : argmax_row<T, C>(tl + cur * static_cast<int64_t>(a.V), a.V, s);
 }
 
 // SpecTr rho* in [1, k] by RHO_ITERS = 40 bisection steps (midpoint), as spectr_rho().
@@ -242,12 +273,16 @@ __device__ void walk_kseq(const VerifyArgs& a, int b, int n, int& last, int& nex
 template <typename T, typename C>
 __global__ void __launch_bounds__(kVerifyThreads) verify_tree_kernel(VerifyArgs a) {
   __shared__ Scratch<C> s;
-  extern __shared__ unsigned char node_flags[];  // group[T], cand[T] for kseq
+  // kseq: group[T], cand[T] flags; greedy: best[T], reach[T] ints
+  extern __shared__ __align__(16) unsigned char node_smem[];
   const int b = blockIdx.x;
   const int n = a.num_nodes ? a.num_nodes[b] : a.T;
   int last = 0, next = 0;
   if (a.mode == VerifyMode::kKSeq) {
-    walk_kseq<T, C>(a, b, n, last, next, s, node_flags, node_flags + a.T);
+    walk_kseq<T, C>(a, b, n, last, next, s, node_smem, node_smem + a.T);
+  } else if (a.mode == VerifyMode::kGreedy) {
+    int* ints = reinterpret_cast<int*>(node_smem);
+    walk_greedy<T, C>(a, b, n, last, next, s, ints, ints + a.T);
   } else {
     walk_rrs<T, C>(a, b, n, last, next, s);
   }
@@ -269,7 +304,9 @@ __global__ void __launch_bounds__(kVerifyThreads) verify_tree_kernel(VerifyArgs 
 
 template <typename T, typename C>
 cudaError_t launch_typed(const VerifyArgs& a, cudaStream_t stream) {
-  const size_t smem = a.mode == VerifyMode::kKSeq ? 2 * static_cast<size_t>(a.T) : 0;
+  const size_t smem = a.mode == VerifyMode::kKSeq    ? 2 * static_cast<size_t>(a.T)
+                      : a.mode == VerifyMode::kGreedy ? 2 * sizeof(int) * static_cast<size_t>(a.T)
+                                                      : 0;
   verify_tree_kernel<T, C><<<a.B, kVerifyThreads, smem, stream>>>(a);
   return cudaGetLastError();
 }

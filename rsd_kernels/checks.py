@@ -1,6 +1,10 @@
 """Argument checks shared by every public op: each error names the argument."""
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -29,11 +33,14 @@ def _fmt(shape):
 
 
 def finite_logits(name, logits, *, rows_mask=None):
-    """Reject NaN, +inf, and rows whose logits are all -inf (only rows where ``rows_mask``)."""
-    nan = torch.isnan(logits).any(dim=-1)
-    pinf = torch.isposinf(logits).any(dim=-1)
-    empty = ~torch.isfinite(logits).any(dim=-1) & ~nan & ~pinf
-    for bad, what in ((nan, "contains NaN"), (pinf, "contains +inf"), (empty, "has no finite logit: no token has positive probability")):
+    """Reject NaN, +inf, and rows whose logits are all -inf (only rows where ``rows_mask``).
+
+    One pass over the logits: a row's maximum is NaN iff the row holds a NaN, +inf iff it
+    holds +inf and no NaN, and -inf iff no entry is finite (nor NaN nor +inf).
+    """
+    mx = logits.amax(dim=-1) if logits.shape[-1] else logits.new_full(logits.shape[:-1], float("-inf"))
+    for bad, what in ((torch.isnan(mx), "contains NaN"), (torch.isposinf(mx), "contains +inf"),
+                      (torch.isneginf(mx), "has no finite logit: no token has positive probability")):
         if rows_mask is not None:
             bad = bad & rows_mask
         if bad.any():
@@ -70,3 +77,43 @@ def noise_source(*, explicit: dict, seed, generator):
         raise ValueError("give at most one noise source: explicit noise tensors, seed=, or generator=")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
+def real_number(name, value, *, finite=True):
+    """A Python/NumPy real number (not a bool, a string or a tensor), finite unless told."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):  # traced by torch.compile: checked when concrete
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def int_values(name, values, *, lo, hi):
+    """A list/tuple of ints (Python, NumPy or one-element integer tensors; not bools or
+    floats) in ``[lo, hi)``, as a list of Python ints. ``name`` is the list's name."""
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{name} must be a list of ints, got {type(values).__name__}")
+    out = []
+    for i, v in enumerate(values):
+        try:
+            if isinstance(v, bool):
+                raise TypeError
+            iv = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{name}[{i}] must be an int, got {type(v).__name__} {v!r}") from None
+        if not lo <= iv < hi:
+            raise ValueError(f"{name}[{i}] = {iv} is out of range [{lo}, {hi})")
+        out.append(iv)
+    return out
+
+
+def token_ids(name, tokens, vocab_size):
+    """Every entry of the integer tensor ``tokens`` lies in ``[0, vocab_size)``."""
+    bad = (tokens < 0) | (tokens >= vocab_size)
+    if bad.any():
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        at = at[0] if len(at) == 1 else at
+        raise ValueError(f"{name}[{at}] = {int(tokens[bad][0])} is out of range for vocab_size={vocab_size}")

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from . import checks
 from .sampling import sample_without_replacement, stochastic_beam_step
 from .tree import DraftTree
 
@@ -158,8 +159,11 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
     """
     if not isinstance(config, TreeConfig):
         raise TypeError(f"config must be a TreeConfig, got {type(config).__name__}")
-    if not isinstance(root_tokens, torch.Tensor) or root_tokens.dim() != 1 or root_tokens.dtype != torch.int64:
-        raise TypeError("root_tokens must be a 1-D int64 tensor")
+    checks.tensor("root_tokens", root_tokens, ndim=1, dtypes=(torch.int64,))
+    if root_tokens.shape[0] == 0:
+        raise ValueError("root_tokens must hold at least one row, got shape (0,)")
+    if not callable(draft_fn):
+        raise TypeError(f"draft_fn must be callable, got {type(draft_fn).__name__}")
     B, dev = root_tokens.shape[0], root_tokens.device
     cols_tok, cols_par, cols_ok = [root_tokens], [torch.full((B,), -1, dtype=torch.long, device=dev)], [
         torch.ones(B, dtype=torch.bool, device=dev)]
@@ -173,8 +177,23 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
         tok = torch.stack(cols_tok, 1)
         par = torch.stack(cols_par, 1).to(torch.int32)
         lg = draft_fn(level, nodes, tok, par)
-        if lg.shape[:2] != nodes.shape:
-            raise ValueError(f"draft_fn returned logits of shape {tuple(lg.shape)} for {tuple(nodes.shape)} nodes")
+        if not isinstance(lg, torch.Tensor):
+            raise TypeError(f"draft_fn must return a tensor of logits [B, n, V], got {type(lg).__name__} at level {level}")
+        if lg.dim() != 3 or lg.shape[:2] != nodes.shape:
+            raise ValueError(f"draft_fn returned logits of shape {tuple(lg.shape)} for {tuple(nodes.shape)} nodes"
+                             f" at level {level}: expected [B, n, V] = [{nodes.shape[0]}, {nodes.shape[1]}, V]")
+        if lg.dtype not in checks.FLOAT_DTYPES:
+            raise TypeError(f"draft_fn returned logits of dtype {str(lg.dtype).replace('torch.', '')} at level {level}:"
+                            " expected a floating dtype")
+        if lg.device != dev:
+            raise ValueError(f"draft_fn returned logits on {lg.device} at level {level}, but root_tokens is on {dev}")
+        if expanded and lg.shape[-1] != expanded[0][1].shape[-1]:
+            raise ValueError(f"draft_fn returned a vocabulary of {lg.shape[-1]} tokens at level {level}, but"
+                             f" {expanded[0][1].shape[-1]} at level 0: the vocabulary size must not change")
+        if not expanded:
+            if lg.shape[-1] == 0:
+                raise ValueError("draft_fn returned logits with an empty vocabulary (V = 0)")
+            checks.token_ids("root_tokens", root_tokens, lg.shape[-1])
         expanded.extend((nodes[:, j], lg[:, j]) for j in range(nodes.shape[1]))
         return lg
 

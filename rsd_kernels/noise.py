@@ -3,7 +3,9 @@
 Every random number is Philox4x32-10 (the generator Triton's ``tl.philox`` implements)
 keyed by ``seed`` (64 bit) at the counter ``(offset, row, stream | node, slot)``; only
 output lane 0 is used. A result therefore depends on (seed, offset, row, node, slot) and
-not on batch composition or launch shape. The streams:
+not on launch shape or on the other rows' contents. ``row`` is the row's **index** in the
+batch: at a fixed index a row's result is independent of its neighbours, but the same row
+at another index draws other noise (each draw is exact either way). The streams:
 
 =====================  ==========================================  ==========================
 stream                 counter (c0, c1, c2, c3)                    used by

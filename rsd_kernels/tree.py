@@ -58,6 +58,7 @@ class DraftTree:
             what = "only node 0 may be the root" if int(p[b, i]) < 0 else "a parent must come before its child"
             raise ValueError(f"parents[{b}, {i}] = {int(p[b, i])} is invalid: {what}")
         if vocab_size is not None:
+            checks.positive_int("vocab_size", vocab_size)
             t = self.tokens
             out = valid & ((t < 0) | (t >= vocab_size))
             if out.any():
@@ -91,10 +92,12 @@ class DraftTree:
     def depth(self) -> torch.Tensor:
         """``[B, T]`` int32 depth (root 0; padding nodes 0)."""
         p = self._parents_masked()
-        d = torch.zeros_like(p)
-        for i in range(1, p.shape[1]):
-            has = p[:, i] >= 0
-            d[:, i] = torch.where(has, d.gather(1, p[:, i : i + 1].clamp(min=0))[:, 0] + 1, 0)
+        # pointer jumping (list ranking): ceil(log2 T) steps; the root and padding point to themselves
+        anc = torch.where(p >= 0, p, torch.arange(p.shape[1], device=p.device)[None, :])
+        d = (p >= 0).long()
+        for _ in range(max(1, (p.shape[1] - 1).bit_length())):
+            d = d + d.gather(1, anc)
+            anc = anc.gather(1, anc)
         return d.to(torch.int32)
 
     @functools.cached_property
@@ -196,20 +199,39 @@ class DraftTree:
 
     @classmethod
     def from_lists(cls, tokens, parents, *, device=None, vocab_size=None):
-        """Build from (lists of) Python lists; ragged rows are padded."""
-        if tokens and not isinstance(tokens[0], (list, tuple)):
+        """Build from Python lists: one row (``[5, 1, 2]``, ``[-1, 0, 0]``) or a list of rows;
+        ragged rows are padded. Entries must be ints (Python, NumPy or one-element integer
+        tensors): floats and bools raise ``TypeError`` naming the entry."""
+        for name, x in (("tokens", tokens), ("parents", parents)):
+            if not isinstance(x, (list, tuple)):
+                raise TypeError(f"{name} must be a list (one row) or a list of lists (rows), got {type(x).__name__}")
+        if len(tokens) == 0:
+            raise ValueError("tokens is empty: a tree needs at least its root")
+        nested = isinstance(tokens[0], (list, tuple))
+        if len(parents) and isinstance(parents[0], (list, tuple)) != nested:
+            raise ValueError("parents must be a list of lists exactly when tokens is (one row or rows)")
+        if not nested:
             tokens, parents = [tokens], [parents]
         if len(tokens) != len(parents):
-            raise ValueError("tokens and parents must have the same number of rows")
-        T = max(len(t) for t in tokens)
-        tok = torch.zeros(len(tokens), T, dtype=torch.int64)
-        par = torch.full((len(tokens), T), -1, dtype=torch.int32)
+            raise ValueError(f"parents has {len(parents)} rows but tokens has {len(tokens)}")
+        tok_rows, par_rows = [], []
         for b, (t, p) in enumerate(zip(tokens, parents)):
+            for name, x in (("tokens", t), ("parents", p)):
+                if not isinstance(x, (list, tuple)):
+                    raise TypeError(f"{name}[{b}] must be a list, got {type(x).__name__}")
+            if len(t) == 0:
+                raise ValueError(f"tokens[{b}] is empty: every row needs at least its root")
             if len(t) != len(p):
-                raise ValueError(f"row {b}: tokens and parents differ in length")
+                raise ValueError(f"parents[{b}] has {len(p)} entries but tokens[{b}] has {len(t)}")
+            tok_rows.append(checks.int_values(f"tokens[{b}]", t, lo=-2**63, hi=2**63))
+            par_rows.append(checks.int_values(f"parents[{b}]", p, lo=-2**31, hi=2**31))
+        T = max(len(t) for t in tok_rows)
+        tok = torch.zeros(len(tok_rows), T, dtype=torch.int64)
+        par = torch.full((len(tok_rows), T), -1, dtype=torch.int32)
+        for b, (t, p) in enumerate(zip(tok_rows, par_rows)):
             tok[b, : len(t)] = torch.tensor(t, dtype=torch.int64)
             par[b, : len(p)] = torch.tensor(p, dtype=torch.int32)
-        n = torch.tensor([len(t) for t in tokens], dtype=torch.int32)
+        n = torch.tensor([len(t) for t in tok_rows], dtype=torch.int32)
         return cls(tok.to(device), par.to(device), n.to(device), vocab_size=vocab_size)
 
 

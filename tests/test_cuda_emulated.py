@@ -146,6 +146,33 @@ def test_verify_kernel_negative_control(lib, monkeypatch):
     assert differs > 0
 
 
+@pytest.mark.parametrize("threads", [32, 96])
+def test_verify_greedy_longest_matching_path(lib, threads):
+    """Greedy: a later sibling holding the same token with the deeper match wins; equally long
+    paths go to the first in sampling order; random trees with many matches (issue 13)."""
+    from test_greedy_longest import later_sibling_case, one_hot_logits, random_matching_tree
+
+    tl, tokens, parents = later_sibling_case()
+    nn = torch.tensor([tokens.shape[1]], dtype=torch.int32)
+    path, nacc, nxt = emu_verify(lib, tl, None, tokens, parents, nn, "greedy", 1.0, 3, threads=threads)
+    assert path[0].tolist() == [0, 2, 3, 4] and nacc.tolist() == [3] and nxt.tolist() == [11]
+    tokens = torch.tensor([[0, 5, 5, 6, 6, 8]])
+    parents = torch.tensor([[-1, 0, 0, 2, 1, 2]], dtype=torch.int32)
+    path, nacc, nxt = emu_verify(lib, one_hot_logits([5, 6, 6, 1, 2, 0], 10), None, tokens, parents,
+                                 torch.tensor([6], dtype=torch.int32), "greedy", 1.0, 2, threads=threads)
+    assert path[0].tolist() == [0, 1, 4] and nxt.tolist() == [2]
+    gen = torch.Generator().manual_seed(threads)
+    for B, T, V in [(4, 9, 40), (3, 23, 300)]:
+        tl, tokens, parents, nn = random_matching_tree(B, T, V, gen)
+        for dtype in (torch.float32, torch.bfloat16, torch.float64):
+            x = tl.to(dtype)
+            md = int(DraftTree(tokens, parents, nn).max_depth)
+            want = vref.verify(x, None, tokens, parents, nn, "greedy", 1.0, md)
+            got = emu_verify(lib, x, None, tokens, parents, nn, "greedy", 1.0, md, threads=threads)
+            for a, b, name in zip(got, want, ("path", "num_accepted", "next_token")):
+                assert torch.equal(a, b), f"{dtype}: {name}\n{a}\n{b}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("V,kmax,threads", [(64, 1, 32), (1000, 8, 64), (1003, 30, 96),
                                            pytest.param(2048, 64, 64, marks=pytest.mark.slow)])

@@ -21,12 +21,22 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
         tree: a :class:`DraftTree` with T nodes, or its packed ancestor bitmask
             ``[B, T, ceil(T/32)]`` int32.
         prefix_lens: ``[B]`` int32/int64 tokens before the root (ragged allowed), or an int.
-        scale: softmax scale, default ``1/sqrt(D)``.
+        scale: softmax scale (a finite real number), default ``1/sqrt(D)``.
     Returns ``[B, Hq, T, D]`` in q's dtype: node i sees every prefix key and its ancestors-or-self.
+    Padding nodes of a ragged :class:`DraftTree` (``>= num_nodes[b]``) get a row too: they have
+    no ancestors, so they attend to the prefix and their own key; the values mean nothing. A
+    node with no key at all (a hand-made bitmask without its own bit, ``prefix_lens[b] == 0``)
+    is undefined (NaN in the reference, 0 in the Triton kernel).
+
+    The Triton backend supports float16/bfloat16/float32 (not float64) and head dimensions
+    16, 32, 64, 128, 256; beyond that it raises, and ``backend="torch"`` serves any case.
     """
     checks.tensor("q", q, ndim=4, dtypes=ATTN_DTYPES)
     B, Hq, T, D = q.shape
     dev = q.device
+    for what, n in (("query heads Hq", Hq), ("tree nodes T", T), ("head dimension D", D)):
+        if n == 0:
+            raise ValueError(f"q must have at least one of its {what}, got shape {tuple(q.shape)} [B, Hq, T, D]")
     checks.tensor("k", k, ndim=4, dtypes=(q.dtype,), device=dev)
     Hkv, S = k.shape[1], k.shape[2]
     checks.tensor("k", k, shape=(B, None, None, D))
@@ -45,8 +55,7 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
     checks.tensor("prefix_lens", prefix_lens, ndim=1, dtypes=(torch.int32, torch.int64), device=dev, shape=(B,))
     if (prefix_lens < 0).any() or (prefix_lens + T > S).any():
         raise ValueError(f"prefix_lens + T must be within the cache length S={S}; got prefix_lens={prefix_lens.tolist()}, T={T}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(D)
+    scale = 1.0 / math.sqrt(D) if scale is None else checks.real_number("scale", scale)
     _, impl = backends.resolve("tree_attention", backend, dev)
     # kernels index dense row-major tensors: views (e.g. transposed heads) are copied once here
     return impl(q.contiguous(), k.contiguous(), v.contiguous(), mask_bits.contiguous(),

@@ -30,15 +30,22 @@ def verify_tree(target_logits, draft_logits, tokens, parents=None, *, mode="rrs"
             only for ``mode="greedy"``.
         tokens, parents: the tree (``[B, T]`` int64 / int32), or a :class:`DraftTree` as
             ``tokens`` with ``parents=None``. ``num_nodes [B]`` int32 for ragged rows.
-        mode: ``"rrs"`` (SD, RSD-C, RSD-S), ``"kseq"`` (SpecTr) or ``"greedy"``.
+        mode: ``"rrs"`` (SD, RSD-C, RSD-S), ``"kseq"`` (SpecTr) or ``"greedy"``. Greedy: a
+            node matches when its token is the target's argmax at its parent (lowest index on
+            ties); the accepted path is the longest root path of matching nodes, among equally
+            long ones the first in sampling order (so a deeper match under a later sibling
+            holding the same token is kept); the next token is the argmax at its last node.
         temperature: ``> 0`` for rrs/kseq (temperature 0 is ``mode="greedy"``).
         top_k, top_p: optional warps, applied to target and draft logits alike.
         uniform, gumbel: explicit noise, ``[B, T]`` and ``[B, V]`` (see
             :func:`rsd_kernels.noise.verify_noise`); or ``seed``/``offset`` for the Philox
-            streams; or ``generator``; or none of them (torch's global generator).
+            streams (keyed by the row's index in the batch: a row's result does not depend on
+            the other rows, but does on its position); or ``generator``; or none of them
+            (torch's global generator).
         validate: also run the data-dependent checks (NaN/inf logits, tree order, token
             range). Shape, dtype and device checks always run.
-        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"cuda"``. The Triton kernel takes
+            trees of at most 256 nodes.
     """
     checks.tensor("target_logits", target_logits, ndim=3, dtypes=checks.FLOAT_DTYPES)
     B, T, V = target_logits.shape

@@ -6,7 +6,13 @@ Modes:
   sample of q in sampling order (SD, RSD-C, RSD-S).
 * ``kseq`` -- SpecTr's k-sequential selection: the children are i.i.d. draws of q; after
   accepting token x the walk continues from every candidate carrying x.
-* ``greedy`` -- accept a child iff its token is the target's argmax.
+* ``greedy`` -- a child matches iff its token is the target's argmax at its parent (lowest
+  index on ties); the accepted path is the **longest** root path of matching nodes, and among
+  equally long ones the first in sampling order (at every node the walk takes the first child,
+  in sampling order, through which a longest matching path passes). With one matching child
+  per node that is the first-match walk; it differs when several siblings hold the argmax
+  token (SpecTr's i.i.d. children can) and a later one has the deeper match. The next token
+  is the argmax at the last accepted node. Vectorised: one batched argmax, no walk per node.
 
 Noise: ``uniform [B, T]`` (the acceptance test of node i uses ``uniform[b, i]``) and
 ``gumbel [B, V]`` (the correction/bonus token is ``argmax log r + gumbel`` over the final
@@ -97,6 +103,8 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
         uniform, gumbel = _noise.verify_noise(seed, offset, B, T, V, device=dev)
     valid = torch.arange(T, device=dev)[None, :] < num_nodes[:, None].long()
     par = parents.long()
+    if mode == "greedy":
+        return _walk_greedy(target_logits, tokens, par, valid, max_depth)
     if mode == "kseq":
         last, nxt = _walk_kseq(target_logits, draft_logits, tokens, par, valid, temperature, uniform, gumbel, dt)
     else:
@@ -105,40 +113,91 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
     return path, nacc, nxt
 
 
+ARGMAX_CHUNK = 256
+
+
+def argmax_last(x, chunk=ARGMAX_CHUNK):
+    """``x.argmax(-1)`` (lowest index among equal maxima), faster on the CPU: ``amax`` over
+    chunks of the last dimension (vectorised, unlike ``argmax``), then ``argmax`` inside the
+    first chunk that holds the row maximum only."""
+    V = x.shape[-1]
+    n = V // chunk
+    if n < 2 or x.numel() == 0:
+        return x.argmax(-1)
+    main = x[..., : n * chunk].unflatten(-1, (n, chunk))
+    cmax = main.amax(-1)  # [..., n]
+    mmax = cmax.amax(-1, keepdim=True)
+    tail = x[..., n * chunk:]
+    rmax = torch.maximum(mmax, tail.amax(-1, keepdim=True)) if tail.shape[-1] else mmax
+    first = (cmax == rmax).to(torch.uint8).argmax(-1, keepdim=True)  # first chunk holding the maximum
+    inner = main.gather(-2, first[..., None].expand(*first.shape, chunk)).squeeze(-2).argmax(-1)
+    idx = first.squeeze(-1) * chunk + inner
+    if tail.shape[-1]:
+        idx = torch.where((mmax >= rmax).squeeze(-1), idx, n * chunk + tail.argmax(-1))
+    return idx
+
+
+def _walk_greedy(tl, tokens, par, valid, max_depth):
+    """Greedy verification without a per-node loop (see the module docstring for the rule)."""
+    B, T, _ = tl.shape
+    dev = tl.device
+    idx = torch.arange(T, device=dev)
+    best = argmax_last(tl)  # [B, T] target argmax at every node
+    real = valid & (idx > 0)[None, :]  # non-root, non-padding nodes
+    par_c = torch.where(real, par, 0)  # the root and padding nodes hang on the root
+    match = (real & (tokens == best.gather(1, par_c))) | (idx == 0)[None, :]
+    # up[b, j, s]: the s-th ancestor of node j (the root is its own ancestor), s = 0..max_depth
+    ups = [idx.expand(B, T)]
+    for _ in range(max_depth):
+        ups.append(par_c.gather(1, ups[-1]))
+    up = torch.stack(ups, -1)
+    up_flat = up.flatten(1)
+    depth = (up > 0).sum(-1)
+    ok = match.gather(1, up_flat).view(up.shape).all(-1)  # every node of the root path matches
+    reach = torch.where(ok, depth, -1)
+    deepest = reach == reach.amax(1, keepdim=True)
+    # on[b, j]: node j lies on a longest matching path (an ancestor-or-self of a deepest match)
+    on = torch.zeros(B, T, dtype=torch.long, device=dev).scatter_add_(
+        1, up_flat, deepest[..., None].expand(up.shape).flatten(1).long()) > 0
+    # first[b, j]: no earlier sibling (sampling order = index order) lies on a longest path
+    par_s = torch.where(real, par, -1)
+    earlier_on = (par_s[:, :, None] == par_s[:, None, :]) & (idx[None, :] < idx[:, None])[None] & on[:, None, :]
+    first = on & ~earlier_on.any(-1)
+    chosen = first.gather(1, up_flat).view(up.shape).all(-1)
+    last = torch.where(chosen, depth, -1).argmax(1)
+    # the path, root first, from the last node's ancestors: path[d] = up[last, nacc - d]
+    nacc = depth.gather(1, last[:, None])  # [B, 1]
+    anc = up.gather(1, last[:, None, None].expand(B, 1, max_depth + 1))[:, 0]  # [B, max_depth + 1]
+    d = torch.arange(max_depth + 1, device=dev)[None, :]
+    path = torch.where(d <= nacc, anc.gather(1, (nacc - d).clamp(min=0)), -1)
+    return path, nacc[:, 0], best.gather(1, last[:, None])[:, 0]
+
+
 def _walk_rrs(tl, dl, tokens, par, valid, mode, temperature, uniform, gumbel, dt):
     """One pass over nodes in index order: a node is tested iff its parent is the current node."""
     B, T, V = tl.shape
     rows = torch.arange(B, device=tl.device)
     cur = torch.zeros(B, dtype=torch.long, device=tl.device)
-    greedy = mode == "greedy"
-    if greedy:
-        best = tl.argmax(-1)  # [B, T]
-    else:
-        p = _probs(tl[:, 0], temperature, dt)
-        q = _probs(dl[:, 0], temperature, dt)
+    p = _probs(tl[:, 0], temperature, dt)
+    q = _probs(dl[:, 0], temperature, dt)
     for j in range(1, T):
         cand = valid[:, j] & (par[:, j] == cur)
         if not bool(cand.any()):
             continue
         x = tokens[:, j]
-        if greedy:
-            acc = cand & (x == best[rows, cur])
-        else:
-            px, qx = p[rows, x], q[rows, x]
-            acc = cand & (uniform[:, j].to(dt) * qx < px)
-            rej = cand & ~acc
-            if bool(rej.any()):
-                onehot = torch.nn.functional.one_hot(x, V).bool()
-                p_new = _residual(p, q)
-                q_new = _reject_draft_token(q, onehot)
-                p = torch.where(rej[:, None], p_new, p)
-                q = torch.where(rej[:, None], q_new, q)
-            if bool(acc.any()):
-                p = torch.where(acc[:, None], _probs(tl[:, j], temperature, dt), p)
-                q = torch.where(acc[:, None], _probs(dl[:, j], temperature, dt), q)
+        px, qx = p[rows, x], q[rows, x]
+        acc = cand & (uniform[:, j].to(dt) * qx < px)
+        rej = cand & ~acc
+        if bool(rej.any()):
+            onehot = torch.nn.functional.one_hot(x, V).bool()
+            p_new = _residual(p, q)
+            q_new = _reject_draft_token(q, onehot)
+            p = torch.where(rej[:, None], p_new, p)
+            q = torch.where(rej[:, None], q_new, q)
+        if bool(acc.any()):
+            p = torch.where(acc[:, None], _probs(tl[:, j], temperature, dt), p)
+            q = torch.where(acc[:, None], _probs(dl[:, j], temperature, dt), q)
         cur = torch.where(acc, j, cur)
-    if greedy:
-        return cur, best[rows, cur]
     return cur, _sample(p, gumbel)
 
 

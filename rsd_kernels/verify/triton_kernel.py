@@ -2,13 +2,18 @@
 
 The program follows :mod:`rsd_kernels.verify.reference` step for step:
 
-* ``rrs`` / ``greedy``: one pass over node indices; node ``j`` is tested iff its parent is the
+* ``rrs``: one pass over node indices; node ``j`` is tested iff its parent is the
   current node. The softmax statistics (max, sum of exp) of the target and draft rows of the
   current node are computed when the walk arrives at it (only visited nodes are read). After
   ``k`` rejections at a node the residuals ``p_k, q_k`` are never stored: the program keeps the
   per-step scalars (rejected token ``x_s``, residual mass ``Z_s``, draft denominator
   ``1 - q_s(x_s)``) and recomputes ``p_k(x), q_k(x)`` elementwise with the reference's
   successive divisions. A residual mass is computed (one pass over V) only at a rejection.
+* ``greedy``: the longest matching path, ties to the first in sampling order (the rule of
+  :mod:`rsd_kernels.verify.reference`): a forward pass marks the nodes whose whole root path
+  matches the argmax (a node's argmax is computed once, when its first child is tested, so
+  only the rows of matched nodes are read), a backward pass takes each node's deepest matched
+  descendant, a forward pass walks from the root through the first child on a longest path.
 * ``kseq``: level by level; the candidates are the children of every node of the current
   group; ``rho*`` by :data:`~rsd_kernels.verify.reference.RHO_ITERS` bisection steps (only
   when there are two or more candidates); the final residual ``max(p - rho q, 0)`` and its
@@ -158,81 +163,99 @@ def _verify_tree_kernel(
 
     last = 0
     nxt = 0
-    if MODE != 1:
-        # ---------------- rrs / greedy: a single pass over the node indices ----------------
+    if MODE == 2:
+        # ---------------- greedy: the longest matching path ----------------
+        # reach[j]: depth of node j if its whole root path matches (else -1), the target argmax
+        # of a node is read when one of its children is tested, once (best_v caches it)
+        best_v = tl.full([BLOCK_T], -1, tl.int32)
+        reach = tl.where(idx_t == 0, 0, -1)
+        for j in range(1, T):
+            if j < nn:
+                par = tl.sum(tl.where(idx_t == j, par_v, 0), 0)
+                rp = tl.sum(tl.where(idx_t == par, reach, 0), 0)
+                if rp >= 0:
+                    bp = tl.sum(tl.where(idx_t == par, best_v, 0), 0)
+                    if bp < 0:
+                        bp = _row_argmax(t_base + par * V, V, BLOCK_V)
+                        best_v = tl.where(idx_t == par, bp, best_v)
+                    x = tl.sum(tl.where(idx_t == j, tok_v, 0), 0)
+                    if x == bp:
+                        reach = tl.where(idx_t == j, rp + 1, reach)
+        # reach[j] <- the deepest matching depth in j's subtree (children come after parents)
+        for jj in range(1, T):
+            j = T - jj
+            rj = tl.sum(tl.where(idx_t == j, reach, 0), 0)
+            if rj >= 0:
+                par = tl.sum(tl.where(idx_t == j, par_v, 0), 0)
+                reach = tl.where((idx_t == par) & (reach < rj), rj, reach)
+        # from the root, the first child (sampling order) through which a longest path passes
+        h = tl.sum(tl.where(idx_t == 0, reach, 0), 0)
+        cur = 0
+        for j in range(1, T):
+            par = tl.sum(tl.where(idx_t == j, par_v, 0), 0)
+            rj = tl.sum(tl.where(idx_t == j, reach, 0), 0)
+            if (par == cur) & (rj == h):
+                cur = j
+        last = cur
+        bl = tl.sum(tl.where(idx_t == cur, best_v, 0), 0)
+        if bl < 0:
+            bl = _row_argmax(t_base + cur * V, V, BLOCK_V)
+        nxt = bl
+    elif MODE == 0:
+        # ---------------- rrs: a single pass over the node indices ----------------
         cur = 0
         n_rej = 0
         rej_tok = tl.zeros([BLOCK_T], tl.int64)
         rej_z = tl.zeros([BLOCK_T], CT)
         rej_d = tl.zeros([BLOCK_T], CT)
-        best = 0
-        m_t = tl.zeros([], CT)
-        s_t = tl.full([], 1.0, CT)
-        m_d = tl.zeros([], CT)
-        s_d = tl.full([], 1.0, CT)
-        if MODE == 2:
-            best = _row_argmax(t_base, V, BLOCK_V)
-        else:
-            m_t, s_t = _stats(t_base, V, temp, CT, BLOCK_V)
-            m_d, s_d = _stats(d_base, V, temp, CT, BLOCK_V)
+        m_t, s_t = _stats(t_base, V, temp, CT, BLOCK_V)
+        m_d, s_d = _stats(d_base, V, temp, CT, BLOCK_V)
         for j in range(1, T):
             par = tl.sum(tl.where(idx_t == j, par_v, 0), 0)
             if (j < nn) & (par == cur):
                 x = tl.sum(tl.where(idx_t == j, tok_v, 0), 0)
                 t_cur = t_base + cur * V
                 d_cur = d_base + cur * V
-                if MODE == 2:
-                    acc = x == best
-                    qx = tl.zeros([], CT)
-                else:
-                    p0, q0 = _probs_at(t_cur, d_cur, x, True, temp, m_t, s_t, m_d, s_d, CT)
-                    px, qx = _rejected(p0, q0, x, n_rej, rej_tok, rej_z, rej_d, idx_t)
-                    u = tl.sum(tl.where(idx_t == j, u_all, 0.0), 0)
-                    acc = u * qx < px
+                p0, q0 = _probs_at(t_cur, d_cur, x, True, temp, m_t, s_t, m_d, s_d, CT)
+                px, qx = _rejected(p0, q0, x, n_rej, rej_tok, rej_z, rej_d, idx_t)
+                u = tl.sum(tl.where(idx_t == j, u_all, 0.0), 0)
+                acc = u * qx < px
                 if acc:
                     cur = j
                     n_rej = 0
-                    t_new = t_base + j * V
-                    if MODE == 2:
-                        best = _row_argmax(t_new, V, BLOCK_V)
-                    else:
-                        m_t, s_t = _stats(t_new, V, temp, CT, BLOCK_V)
-                        m_d, s_d = _stats(d_base + j * V, V, temp, CT, BLOCK_V)
+                    m_t, s_t = _stats(t_base + j * V, V, temp, CT, BLOCK_V)
+                    m_d, s_d = _stats(d_base + j * V, V, temp, CT, BLOCK_V)
                 else:
-                    if MODE != 2:
-                        # residual mass of max(p_k - q_k, 0): one pass, only at a rejection
-                        z = tl.zeros([], CT)
-                        for v0 in range(0, V, BLOCK_V):
-                            offs = v0 + offs0
-                            pv, qv = _probs_at(t_cur, d_cur, offs, offs < V, temp, m_t, s_t, m_d, s_d, CT)
-                            pv, qv = _rejected(pv, qv, offs, n_rej, rej_tok, rej_z, rej_d, idx_t)
-                            z += tl.sum(tl.maximum(pv - qv, 0.0), 0)
-                        rej_tok = tl.where(idx_t == n_rej, x, rej_tok)
-                        rej_z = tl.where(idx_t == n_rej, z, rej_z)
-                        rej_d = tl.where(idx_t == n_rej, 1.0 - qx, rej_d)
-                        n_rej += 1
+                    # residual mass of max(p_k - q_k, 0): one pass, only at a rejection
+                    z = tl.zeros([], CT)
+                    for v0 in range(0, V, BLOCK_V):
+                        offs = v0 + offs0
+                        pv, qv = _probs_at(t_cur, d_cur, offs, offs < V, temp, m_t, s_t, m_d, s_d, CT)
+                        pv, qv = _rejected(pv, qv, offs, n_rej, rej_tok, rej_z, rej_d, idx_t)
+                        z += tl.sum(tl.maximum(pv - qv, 0.0), 0)
+                    rej_tok = tl.where(idx_t == n_rej, x, rej_tok)
+                    rej_z = tl.where(idx_t == n_rej, z, rej_z)
+                    rej_d = tl.where(idx_t == n_rej, 1.0 - qx, rej_d)
+                    n_rej += 1
         last = cur
-        if MODE == 2:
-            nxt = best
-        else:
-            # correction / bonus token: argmax log p_k + gumbel over the final residual
-            t_cur = t_base + cur * V
-            d_cur = d_base + cur * V
-            best_s = tl.full([], float("-inf"), CT)
-            arg = tl.zeros([], tl.int32)
-            for v0 in range(0, V, BLOCK_V):
-                offs = v0 + offs0
-                inb = offs < V
-                pv, qv = _probs_at(t_cur, d_cur, offs, inb, temp, m_t, s_t, m_d, s_d, CT)
-                pv, qv = _rejected(pv, qv, offs, n_rej, rej_tok, rej_z, rej_d, idx_t)
-                g = _gumbel_at(g_row, offs, inb, seed, offset, b, GEN, CT)
-                sc = tl.where((pv > 0) & inb, tl.log(pv) + g, float("-inf"))
-                cm = tl.max(sc, 0)
-                ci = tl.min(tl.where(sc == cm, offs, 2147483647), 0)
-                take = cm > best_s
-                arg = tl.where(take, ci, arg)
-                best_s = tl.where(take, cm, best_s)
-            nxt = arg
+        # correction / bonus token: argmax log p_k + gumbel over the final residual
+        t_cur = t_base + cur * V
+        d_cur = d_base + cur * V
+        best_s = tl.full([], float("-inf"), CT)
+        arg = tl.zeros([], tl.int32)
+        for v0 in range(0, V, BLOCK_V):
+            offs = v0 + offs0
+            inb = offs < V
+            pv, qv = _probs_at(t_cur, d_cur, offs, inb, temp, m_t, s_t, m_d, s_d, CT)
+            pv, qv = _rejected(pv, qv, offs, n_rej, rej_tok, rej_z, rej_d, idx_t)
+            g = _gumbel_at(g_row, offs, inb, seed, offset, b, GEN, CT)
+            sc = tl.where((pv > 0) & inb, tl.log(pv) + g, float("-inf"))
+            cm = tl.max(sc, 0)
+            ci = tl.min(tl.where(sc == cm, offs, 2147483647), 0)
+            take = cm > best_s
+            arg = tl.where(take, ci, arg)
+            best_s = tl.where(take, cm, best_s)
+        nxt = arg
     else:
         # ---------------- kseq: level by level over groups of equal-context nodes ----------------
         valid_v = idx_t < nn
