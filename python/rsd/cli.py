@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     ("rsd.cli_generate", ("generate",), "generate text with speculative decoding"),
     ("rsd.eval.cli", ("eval", "plot"), "evaluation grid and the seed figure"),
     ("rsd.cli_train_draft", ("train-draft",), "train the embedded draft"),
+    ("rsd.cli_train_eagle", ("train-eagle",), "train the EAGLE-style (feature-level) draft"),
 ]
 
 
