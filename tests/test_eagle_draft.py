@@ -208,3 +208,10 @@ def test_depth_block_efficiency_constant():
     assert depth_block_efficiency(acc) == pytest.approx((1 - a ** 5) / (1 - a))
     acc = [[torch.full((20,), x)] for x in (1.0, 0.5, 1.0, 0.0)]
     assert depth_block_efficiency(acc) == pytest.approx(1 + 1 + 0.5 + 0.5)
+
+
+def test_cli_forwards_options(tmp_path):
+    from rsd.cli import main
+
+    assert main(["train-eagle", "--out", str(tmp_path / "r"), "--tiny", "--threads", "1"]) == 0
+    assert os.path.exists(tmp_path / "r" / "eagle.safetensors")
