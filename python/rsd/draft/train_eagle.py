@@ -117,6 +117,8 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
             torch.save(feats, fpath + ".tmp")
             os.replace(fpath + ".tmp", fpath)
         pairs.append((dpath, fpath))
+        with open(os.path.join(out_dir, "data_stats.json"), "w") as f:  # cumulative over this invocation
+            json.dump(stats, f)
         bar.update(1)
     bar.close()
     return pairs
@@ -320,8 +322,6 @@ def main(argv=None) -> str:
         if stats[f"{kind}_tok"]:
             tqdm.write(f"data: {kind}: {stats[f'{kind}_tok']} tokens in {stats[f'{kind}_s']:.1f} s = "
                        f"{stats[f'{kind}_tok'] / stats[f'{kind}_s']:.0f} tokens/s")
-    with open(os.path.join(args.out, "data_stats.jsonl"), "a") as f:
-        f.write(json.dumps(stats) + "\n")
     if args.data_only:
         return ""
     records = load_eagle_records(pairs)
