@@ -215,3 +215,14 @@ def test_cli_forwards_options(tmp_path):
 
     assert main(["train-eagle", "--out", str(tmp_path / "r"), "--tiny", "--threads", "1"]) == 0
     assert os.path.exists(tmp_path / "r" / "eagle.safetensors")
+
+
+def test_copy_init_predicts_previous_feature(target):
+    """init='copy': the untrained draft's predicted feature at t is (about) its input feature f_{t-1}."""
+    d = E.init_eagle_from_target(target, torch.arange(V), 1, init="copy").eval()
+    ids = torch.randint(3, V, (1, 10))
+    with torch.no_grad():
+        f = target.model(input_ids=ids).last_hidden_state  # post-norm features
+        out = d(ids, f)
+    cos = torch.nn.functional.cosine_similarity(out.features, f, dim=-1)
+    assert cos.min() > 0.99

@@ -199,10 +199,21 @@ def eagle_config_from_target(target_config, num_layers: int = 1) -> LlamaConfig:
 
 
 def init_eagle_from_target(target, kept_ids: torch.Tensor, num_layers: int = 1,
-                           init_layers: tuple[int, ...] | None = None, seed: int = 0) -> EagleDraft:
-    """Draft sharing the target's (frozen) embedding; layers copied from the target's ``init_layers``
-    (default: its last ``num_layers``), norm = the target's final norm, head = the kept rows of the
-    target's tied head, fusion = ``[0.5 I ; 0.5 I]`` plus small noise (input = mean of embedding and feature)."""
+                           init_layers: tuple[int, ...] | None = None, seed: int = 0,
+                           init: str = "copy") -> EagleDraft:
+    """Draft sharing the target's (frozen) embedding; head = the kept rows of the target's tied head,
+    norm = the target's final norm, layers copied from the target's ``init_layers`` (default: its
+    last ``num_layers``).
+
+    ``init="copy"`` (default) starts as the identity on the feature: the layers' output
+    projections (``o_proj``, ``down_proj``) are zero, so each layer is the identity on the
+    residual stream, and the fusion maps ``[e ; f]`` to ``f / w`` (``w`` = the norm's weight),
+    which the norm maps back to ``f`` exactly (``f`` is post-norm, so ``f / w`` has RMS 1).
+    The untrained draft thus predicts ``f^_t = f_{t-1}`` and the distribution of the
+    previous position -- a far better start than a random mix (KL ~6.8 instead of 10-13
+    nats on the target's samples). The embedding part of the fusion starts at small noise.
+    ``init="mean"``: fusion ``[0.5 I ; 0.5 I]``, layers copied unchanged.
+    """
     torch.manual_seed(seed)
     cfg = eagle_config_from_target(target.config, num_layers)
     draft = EagleDraft(cfg, kept_ids)
@@ -218,7 +229,18 @@ def init_eagle_from_target(target, kept_ids: torch.Tensor, num_layers: int = 1,
     H = cfg.hidden_size
     with torch.no_grad():
         eye = torch.eye(H)
-        draft.fc.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], 1) + 0.01 * torch.randn(H, 2 * H) / H ** 0.5)
+        noise = 0.01 * torch.randn(H, 2 * H) / H ** 0.5
+        if init == "copy":
+            w = draft.model.norm.weight.detach().float()
+            w = torch.where(w.abs() < 1e-3, torch.full_like(w, 1e-3), w)
+            draft.fc.weight.copy_(torch.cat([torch.zeros(H, H), torch.diag(1.0 / w)], 1) + noise)
+            for layer in draft.model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+        elif init == "mean":
+            draft.fc.weight.copy_(torch.cat([0.5 * eye, 0.5 * eye], 1) + noise)
+        else:
+            raise ValueError(f"init must be 'copy' or 'mean', not {init!r}")
         draft.fc.bias.zero_()
         draft.head.weight.copy_(target.get_output_embeddings().weight.detach()[kept_ids])
     draft.model.embed_tokens.weight.requires_grad_(False)

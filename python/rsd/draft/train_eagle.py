@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kept-ids", default=None,
                     help="'shipped' = the shipped independent draft's head ids, or a .pt file; default: from the data")
     ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--init", choices=("copy", "mean"), default="copy",
+                    help="copy: start as f^_t = f_{t-1} (see rsd.draft.eagle.init_eagle_from_target)")
     ap.add_argument("--unroll", type=int, default=2, help="streams trained: 1 = target features only (EAGLE-1)")
     ap.add_argument("--feat-weight", type=float, default=1.0)
     ap.add_argument("--step-decay", type=float, default=0.8)
@@ -343,7 +345,7 @@ def main(argv=None) -> str:
         kept = choose_kept_ids(records, target.config.vocab_size, args.head_size)
         torch.save(kept, kept_path)
     tqdm.write(f"data: {len(records)} responses, {n_tok} response tokens; head keeps {kept.numel()} ids")
-    draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed)
+    draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed, init=args.init)
     log = []
     draft = train_eagle(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,
                         warmup=args.warmup, ckpt_every=args.ckpt_every, seed=args.seed,
