@@ -226,3 +226,17 @@ def test_copy_init_predicts_previous_feature(target):
         out = d(ids, f)
     cos = torch.nn.functional.cosine_similarity(out.features, f, dim=-1)
     assert cos.min() > 0.99
+
+
+def test_sampling_features_match_teacher_forced(target):
+    """sample_batch(features=True) gives the same features as a teacher-forced forward (all but the last token)."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [[1, 5, 9, 200], [1, 7, 300, 301, 302, 303, 11]]
+    recs = TE.sample_batch(target, prompts, 8, 4, g, features=True)
+    g = torch.Generator().manual_seed(3)
+    plain = TE.sample_batch(target, prompts, 8, 4, g)
+    tf = TE.target_features(target, [r["ids"] for r in recs])
+    for r, p, f in zip(recs, plain, tf):
+        assert torch.equal(r["ids"], p["ids"]) and torch.equal(r["topk_ids"], p["topk_ids"])
+        assert r["feat"].shape == (len(r["ids"]) - 1, H)
+        torch.testing.assert_close(r["feat"].float(), f[:-1].float(), atol=0.05, rtol=0.02)
