@@ -136,6 +136,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--weights", default=None, help="eagle.safetensors to evaluate")
     ap.add_argument("--init-from", default=None, help="evaluate the untrained draft of this run folder (kept_ids.pt)")
     ap.add_argument("--layers", type=int, default=1, help="layers of the untrained draft (--init-from)")
+    ap.add_argument("--init", choices=("copy", "mean"), default="copy", help="init of the untrained draft")
     ap.add_argument("--baseline", default="shipped", help="independent draft safetensors, 'shipped', or 'none'")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--depth", type=int, default=4)
@@ -155,7 +156,7 @@ def main(argv=None) -> dict:
     dtype = getattr(torch, args.draft_dtype)
     if args.init_from:
         draft = init_eagle_from_target(target, torch.load(os.path.join(args.init_from, "kept_ids.pt")),
-                                       args.layers).to(dtype).eval()
+                                       args.layers, init=args.init).to(dtype).eval()
     else:
         draft = load_eagle(args.weights, target.get_input_embeddings().weight, dtype)
     baseline = None
