@@ -240,3 +240,17 @@ def test_sampling_features_match_teacher_forced(target):
         assert torch.equal(r["ids"], p["ids"]) and torch.equal(r["topk_ids"], p["topk_ids"])
         assert r["feat"].shape == (len(r["ids"]) - 1, H)
         torch.testing.assert_close(r["feat"].float(), f[:-1].float(), atol=0.05, rtol=0.02)
+
+
+def test_train_resumes_after_interruption(target, tmp_path):
+    recs = _tiny_records(target)
+    kw = dict(epochs=4, lr=3e-3, max_tokens=64, warmup=2, ckpt_every=1, seed=0, unroll=2)
+    d = E.init_eagle_from_target(target, torch.arange(V), 1)
+    log1 = []
+    TE.train_eagle(d, recs, str(tmp_path), deadline=time.time() + 3600, hard_deadline=0.0, log=log1, **kw)
+    assert [r["step"] for r in log1] == [1]  # interrupted after one step
+    d2 = E.init_eagle_from_target(target, torch.arange(V), 1)
+    log2 = []
+    TE.train_eagle(d2, recs, str(tmp_path), deadline=time.time() + 3600, log=log2, **kw)
+    ck = torch.load(os.path.join(tmp_path, "ckpt.pt"))
+    assert log2[0]["step"] == 2 and ck["step"] == log2[-1]["step"] == ck["total"] > 2
