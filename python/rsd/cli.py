@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     ("rsd.cli_generate", ("generate",), "generate text with speculative decoding"),
     ("rsd.eval.cli", ("eval", "plot"), "evaluation grid and the seed figure"),
     ("rsd.cli_train_draft", ("train-draft",), "train the embedded draft"),
+    ("rsd.cli_train_eagle", ("train-eagle",), "train the EAGLE-style (feature-level) draft"),
 ]
 
 
@@ -49,13 +50,18 @@ def build_parser():
 
 def main(argv=None) -> int:
     ap, unavailable = build_parser()
-    args = ap.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = ap.parse_known_args(argv)
     if args.command is None:
         ap.print_help()
         return 2
     if getattr(args, "_rsd_unavailable", None):
         print(f"rsd {args.command}: {args._rsd_unavailable}", file=sys.stderr)
         return 2
+    if hasattr(args, "train_args"):  # forwarding subcommands get everything after their name, options included
+        args.train_args = argv[argv.index(args.command) + 1:]
+    elif extra:
+        ap.error("unrecognized arguments: " + " ".join(extra))
     mod = importlib.import_module(args._rsd_module)
     try:
         return int(mod.run(args) or 0)

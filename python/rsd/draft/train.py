@@ -55,7 +55,7 @@ FORMAT = "rsd-draft-v1"
 # ----------------------------------------------------------------------------- data
 @torch.no_grad()
 def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: int, generator: torch.Generator,
-                 eos_id: int = EOS_ID, pad_id: int = EOS_ID) -> list[dict]:
+                 eos_id: int = EOS_ID, pad_id: int = EOS_ID, features: bool = False) -> list[dict]:
     """Sample one response per prompt from ``target`` at temperature 1 (left-padded batch, KV cache).
 
     Returns one record per prompt: ``ids`` (prompt + response, int32), ``start`` (index of
@@ -63,6 +63,10 @@ def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: in
     ``[len(response), topk]``: the target's top-k log-probabilities for each response
     position. The response ends with ``eos_id`` unless it hit ``max_new_tokens``. Rows
     that finished are dropped from the batch (and its KV cache) so they cost nothing more.
+
+    With ``features`` each record also has ``feat`` ``[len(ids) - 1, H]`` bfloat16: the
+    target's last (post-norm) hidden state at every position it processed (all but the
+    last token), a by-product of the sampling forwards (the EAGLE draft's training input).
     """
     B = len(prompts)
     S = max(len(p) for p in prompts)
@@ -72,9 +76,19 @@ def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: in
         ids[i, S - len(p):] = torch.tensor(p)
         mask[i, S - len(p):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = target(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    logits = out.logits[:, -1].float()
+
+    def forward(**kw):
+        if not features:
+            out = target(**kw, use_cache=True, logits_to_keep=1)
+            return out.past_key_values, out.logits[:, -1].float(), None
+        out = target.model(**kw, use_cache=True)
+        h = out.last_hidden_state
+        return out.past_key_values, target.lm_head(h[:, -1]).float(), h.to(torch.bfloat16)
+
+    cache, logits, h = forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+    if features:
+        prompt_feat = [h[i, S - len(p):].clone() for i, p in enumerate(prompts)]
+        resp_feat = torch.zeros((B, max_new_tokens, h.shape[-1]), dtype=torch.bfloat16)
     toks = torch.full((B, max_new_tokens), pad_id, dtype=torch.long)
     tk_ids = torch.zeros((B, max_new_tokens, topk), dtype=torch.int32)
     tk_lp = torch.zeros((B, max_new_tokens, topk), dtype=torch.float16)
@@ -95,14 +109,18 @@ def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: in
             cache.batch_select_indices(keep)
             rows, tok, mask, next_pos = rows[keep], tok[keep], mask[keep], next_pos[keep]
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], 1)
-        out = target(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                     past_key_values=cache, use_cache=True)
-        cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
+        cache, logits, h = forward(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                                   past_key_values=cache)
+        next_pos = next_pos + 1
+        if features:
+            resp_feat[rows, t] = h[:, 0]
     records = []
     for i, p in enumerate(prompts):
         n = int(lengths[i])
         records.append({"ids": torch.tensor(p + toks[i, :n].tolist(), dtype=torch.int32), "start": len(p),
                         "topk_ids": tk_ids[i, :n].clone(), "topk_lp": tk_lp[i, :n].clone()})
+        if features:  # the last sampled token was never fed to the target
+            records[-1]["feat"] = torch.cat([prompt_feat[i], resp_feat[i, :n - 1]])
     return records
 
 
