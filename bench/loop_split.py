@@ -126,8 +126,8 @@ def child(args):
         res = {}
         for method in args.methods:
             cfg_budget = None if method == "ar" else args.budget
-            dec = gen.Decoder(tad, None if method == "ar" else dad, method, budget=cfg_budget, temperature=0.0,
-                              seed=0)
+            dec = gen.Decoder(tad, None if method == "ar" else dad, method, budget=cfg_budget,
+                              temperature=args.temperature, seed=0)
             dec.prefill(ids)
             tokens = []
             for _ in range(args.warmup):
@@ -201,7 +201,7 @@ def _run_child(impl, args, hf=True):
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--lengths", ",".join(map(str, args.lengths)),
            "--methods", ",".join(args.methods), "--budget", str(args.budget), "--blocks", str(args.blocks),
-           "--warmup", str(args.warmup), "--rounds", str(args.rounds)] + (["--tiny"] if args.tiny else [])
+           "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--temperature", str(args.temperature)] + (["--tiny"] if args.tiny else [])
     if args.no_hf or not hf:
         cmd.append("--no-hf")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -232,6 +232,7 @@ def main(argv=None):
     ap.add_argument("--lengths", default=None, help="prompt lengths (default 40,500,1500; --tiny: 40,200)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--budget", type=int, default=10)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples (seed 0)")
     ap.add_argument("--blocks", type=int, default=None, help="measured blocks per method (default 8; --tiny 3)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--no-hf", action="store_true", help="skip the ar vs Hugging Face generate comparison")
@@ -248,7 +249,8 @@ def main(argv=None):
     results = {"now": _run_child(REPO, args)}
     if args.before:
         results["before"] = _run_child(os.path.abspath(args.before), args, hf=False)
-    print(f"thread CPU ms per block (1 thread), {'tiny pair' if args.tiny else 'embedded pair'}, greedy, "
+    print(f"thread CPU ms per block (1 thread), {'tiny pair' if args.tiny else 'embedded pair'}, "
+          f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"budget {args.budget}; outside = block - draft forwards - target forward")
     print(f"{'impl':>6} {'len':>5} {'method':>6} {'config':>11} " + " ".join(f"{k:>8}" for k in PARTS)
           + f" {'block':>8} {'outside':>8} {'share':>7} {'tok/b':>5}")
