@@ -56,7 +56,7 @@ def test_eval_quick_end_to_end_and_resume(pair, tmp_path, capsys):
         assert math.isfinite(x["token_rate"]) and x["token_rate"] > 0
         assert math.isfinite(x["accuracy"]) or x["score"] == 0
         split = x["time_split"]
-        assert set(split) == {"prefill_s", "draft_s", "target_s", "verify_s"}
+        assert set(split) == {"prefill_s", "draft_s", "target_s", "verify_s", "cache_s", "other_s"}
         assert sum(split.values()) == pytest.approx(x["wall_s"], rel=1e-6)
     assert {(a["dataset"], a["method"]) for a in res["ar"]} == {
         (d, k) for d in ("wmt", "xsum", "dolly") for k in ("ar", "ar_repeat")}

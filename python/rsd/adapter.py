@@ -1,48 +1,80 @@
-"""Model adapter: a ``transformers`` causal LM with its own KV cache, fed chains and trees.
+"""Model adapter: a ``transformers`` causal LM with its own preallocated KV cache, fed chains and trees.
 
-The adapter owns one ``DynamicCache`` and keeps a single invariant the decoding loop relies on:
-the cache holds keys/values for a sequence of ``length`` tokens (the committed prefix), and every
-forward appends the keys of the tokens it feeds. After verification :meth:`ModelAdapter.keep`
-compacts the cache to the positions to keep (prefix + accepted path), so the prefix is never
-recomputed.
+The adapter owns one :class:`~rsd.kvcache.KVBuffer` and keeps a single invariant the decoding
+loop relies on: the cache holds keys/values for a sequence of ``length`` tokens (the committed
+prefix), and every forward writes the keys of the tokens it feeds in place right after them.
+After verification :meth:`ModelAdapter.keep_path` moves only the accepted path's keys/values
+down behind the prefix (the prefix is never copied or recomputed).
 
-Attention paths (``attention=``):
+Attention (``attention=``):
 
-* ``"sdpa"`` / ``"eager"`` -- transformers' own kernels with an explicit additive 4D mask
-  ``[1, 1, n, S + n]`` (the tree mask of :meth:`~rsd_kernels.DraftTree.attention_mask_4d` for a
-  verification forward);
-* ``"rsd"`` -- a verification forward calls :func:`rsd_kernels.tree_attention` through
-  transformers' ``AttentionInterface`` (registered as ``"rsd_tree"``); every other forward of
-  that model (prefill, chains, draft levels) takes the SDPA path with the 4D mask.
+* ``"sdpa"`` (default) -- the adapter registers its own attention function with transformers'
+  ``AttentionInterface`` (``"rsd_tree"``): PyTorch SDPA with grouped-query attention kept
+  (``enable_gqa``, no ``repeat_kv``) on the CPU, with **no mask** where causal order suffices
+  (prefill from an empty cache, single-token steps) and a bool mask only where one is needed
+  (a draft tree level, the target's verification forward, a chain of several tokens after a
+  prefix). The mask function is transformers' ``sdpa_mask``, so a model driven by Hugging Face
+  code (``generate``) after an adapter touched it still gets correct masks.
+* ``"rsd"`` -- the same, but the target's verification forward calls
+  :func:`rsd_kernels.tree_attention` (Triton / CUDA / reference backend) with the tree's
+  ancestor bitmask instead of SDPA with a mask.
+* ``"eager"`` -- transformers' eager kernels with an explicit additive 4D mask on every forward
+  (the slow reference path).
+
+Output rows: ``logits_to_keep`` runs the output head only on the last rows that are used
+(prefill and single-token steps: one row; draft levels: the fed rows that are sampled from).
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 
 import rsd_kernels
 from rsd_kernels.tree import tree_key_mask
 
+from .kvcache import KVBuffer
+
 ATTENTIONS = ("sdpa", "eager", "rsd")
 RSD_ATTENTION_NAME = "rsd_tree"
 
 
 def _rsd_tree_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """``AttentionInterface`` function: tree attention when the forward carries a tree, else SDPA."""
-    bits = kwargs.get("rsd_tree_bits")
-    if bits is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """``AttentionInterface`` function of the adapter's forwards (see the module docstring).
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-                                      **kwargs)
-    # transformers hands over q as a transposed view; the Triton kernel on main (a8f89b5) ignores
-    # strides, so every backend gets contiguous tensors here
-    out = rsd_kernels.tree_attention(query.contiguous(), key.contiguous(), value.contiguous(), bits,
-                                     kwargs["rsd_prefix_lens"], scale=scaling, backend=kwargs.get("rsd_backend", "auto"))
+    ``query [1, Hq, n, D]``, ``key/value [1, Hkv, S, D]``; ``attention_mask`` None or a bool /
+    additive 4D mask. With ``rsd_tree_bits`` in the kwargs: :func:`rsd_kernels.tree_attention`.
+    """
+    bits = kwargs.get("rsd_tree_bits")
+    if bits is not None:
+        # transformers hands over q as a transposed view; the kernels want contiguous tensors
+        out = rsd_kernels.tree_attention(query.contiguous(), key.contiguous(), value.contiguous(), bits,
+                                         kwargs["rsd_prefix_lens"], scale=scaling,
+                                         backend=kwargs.get("rsd_backend", "auto"))
+        return out.transpose(1, 2).contiguous(), None
+    q_len, kv_len = query.shape[2], key.shape[2]
+    groups = query.shape[1] // key.shape[1]
+    is_causal = attention_mask is None and q_len > 1
+    if is_causal and kv_len > q_len:
+        # transformers only skips the mask here for a prefill into an empty static cache
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    gqa = {}
+    if groups > 1:
+        if attention_mask is None or query.device.type == "cpu":
+            gqa = {"enable_gqa": True}
+        else:  # GPU kernels with a mask do not take GQA: expand like transformers does
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+    if attention_mask is not None and attention_mask.dtype != torch.bool and attention_mask.dtype != query.dtype:
+        attention_mask = attention_mask.to(query.dtype)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                                           dropout_p=dropout, scale=scaling, is_causal=is_causal,
+                                                           **gqa)
     return out.transpose(1, 2).contiguous(), None
 
 
 def register_rsd_attention() -> str:
-    """Register :func:`rsd_kernels.tree_attention` with transformers as ``"rsd_tree"`` (idempotent)."""
+    """Register the adapter's attention function with transformers as ``"rsd_tree"`` (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -51,13 +83,29 @@ def register_rsd_attention() -> str:
     return RSD_ATTENTION_NAME
 
 
+def _transformers_model(model):
+    """The outermost ``transformers`` model inside ``model`` (itself, a backbone, a wrapped model)."""
+    for m in model.modules():
+        if hasattr(m, "set_attn_implementation") and hasattr(m, "config"):
+            return m
+    return None
+
+
+def _accepts(fn, name):
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 class ModelAdapter:
     """One model + its KV cache (batch size 1).
 
     Args:
-        model: a ``transformers`` causal LM (Llama family tested) or any module with the same
-            call signature (``input_ids, attention_mask, position_ids, past_key_values,
-            use_cache`` -> ``.logits``).
+        model: a ``transformers`` causal LM (Llama family tested), or a module wrapping one with
+            the same call signature (``input_ids, attention_mask, position_ids, past_key_values,
+            use_cache[, logits_to_keep]`` -> ``.logits``).
         attention: ``"sdpa"``, ``"eager"`` or ``"rsd"`` (see the module docstring).
         kernel_backend: the ``rsd_kernels`` backend of the ``"rsd"`` path.
     """
@@ -68,59 +116,62 @@ class ModelAdapter:
         self.model = model
         self.attention = attention
         self.kernel_backend = kernel_backend
-        impl = {"sdpa": "sdpa", "eager": "eager", "rsd": register_rsd_attention()}[attention]
-        if hasattr(model, "set_attn_implementation"):
-            model.set_attn_implementation(impl)
-        elif attention != "sdpa":
-            raise ValueError(f"attention={attention!r} needs a transformers model (set_attn_implementation)")
+        impl = "eager" if attention == "eager" else register_rsd_attention()
+        tm = _transformers_model(model)
+        if tm is None:
+            raise ValueError("ModelAdapter needs a transformers model (set_attn_implementation), got "
+                             f"{type(model).__name__}")
+        self._impl = impl
+        self._tmodel = tm
+        self._set_impl()
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.vocab_size = int(model.config.vocab_size)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.num_layers = int(getattr(tm.config, "num_hidden_layers", 0) or model.config.num_hidden_layers)
+        self._rows_kw = _accepts(model.forward, "logits_to_keep")
         self.reset()
 
+    def _set_impl(self):
+        """(Re)apply this adapter's attention implementation (another adapter or user may share the module)."""
+        if getattr(self._tmodel.config, "_attn_implementation", None) != self._impl:
+            self._tmodel.set_attn_implementation(self._impl)
+
     # ---- cache ------------------------------------------------------------------------
-    def reset(self):
-        """Empty the cache."""
-        from transformers import DynamicCache
+    def reset(self, capacity: int = 0):
+        """Empty the cache (keeping its buffer when there is one)."""
+        old = getattr(self, "cache", None)
+        if old is not None and old.kv is not None:
+            old.truncate(0)
+            old.reserve(capacity)
+        else:
+            self.cache = KVBuffer(self.num_layers, max(capacity, 256))
 
-        self.cache = DynamicCache()
-        self.length = 0
-
-    def _layers(self):
-        layers = getattr(self.cache, "layers", None)
-        if layers is None:
-            raise TypeError("the KV cache has no .layers: transformers >= 5 DynamicCache is required")
-        for i, layer in enumerate(layers):
-            if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
-                raise TypeError(f"cache layer {i} ({type(layer).__name__}) cannot be compacted: only full-attention "
-                                "DynamicLayer caches are supported")
-        return layers
+    @property
+    def length(self) -> int:
+        return self.cache.length
 
     def keep(self, positions: torch.Tensor):
-        """Compact the cache to ``positions`` (``[k]`` int64, increasing): e.g. prefix + accepted path."""
-        positions = positions.to(self.device, torch.long)
-        for layer in self._layers():
-            if layer.keys is not None and layer.keys.numel():
-                layer.keys = layer.keys.index_select(-2, positions)
-                layer.values = layer.values.index_select(-2, positions)
-        self.length = int(positions.numel())
+        """Compact the cache to ``positions`` (``[k]`` int64, increasing): e.g. prefix + accepted path.
+
+        Only the positions after the longest unchanged prefix move.
+        """
+        self.cache.keep(positions)
+
+    def keep_path(self, prefix: int, nodes):
+        """Keep ``[0, prefix)`` and the tree nodes ``nodes`` (increasing slots relative to ``prefix``)."""
+        self.cache.move_tail(prefix, [prefix + int(i) for i in nodes])
 
     def crop(self, length: int):
         """Keep the first ``length`` positions."""
-        self.keep(torch.arange(length, device=self.device))
+        self.cache.truncate(length)
 
     def snapshot(self):
         """A copy of the cache state (for tests and repeated single-block runs)."""
-        return [(l.keys.clone(), l.values.clone()) for l in self._layers()], self.length
+        return self.cache.snapshot()
 
     def restore(self, snap):
-        layers, length = snap
-        if len(self.cache.layers) != len(layers):
-            raise ValueError("snapshot does not match this cache")
-        for layer, (k, v) in zip(self.cache.layers, layers):
-            layer.keys, layer.values = k.clone(), v.clone()
-        self.length = length
+        self.cache.restore(snap)
 
     # ---- forwards ---------------------------------------------------------------------
     def _check_room(self, max_pos: int):
@@ -129,52 +180,76 @@ class ModelAdapter:
                              f"(max_position_embeddings={self.max_positions})")
 
     @torch.no_grad()
-    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor | None = None,
-                **extra) -> torch.Tensor:
-        """Append ``tokens [1, n]`` at ``position_ids [1, n]`` and return logits ``[1, n, V]`` (fp32).
+    def _run(self, tokens, position_ids, mask, logits_to_keep=0, **extra):
+        n = tokens.shape[1]
+        self._set_impl()
+        if logits_to_keep and self._rows_kw:
+            extra["logits_to_keep"] = logits_to_keep
+        out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=position_ids,
+                         past_key_values=self.cache, use_cache=True, **extra)
+        self.cache.advance(n)
+        logits = out.logits
+        if logits_to_keep and logits.shape[1] != logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return logits.float()
+
+    def _mask(self, allowed):
+        """``allowed [1, n, S]`` bool -> the 4D mask of this adapter's attention path."""
+        if self.attention == "eager":
+            mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+            return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+        return allowed[:, None]
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, allowed: torch.Tensor | None = None, *,
+                logits_to_keep: int = 0, **extra) -> torch.Tensor:
+        """Append ``tokens [1, n]`` at ``position_ids [1, n]``; return logits ``[1, n, V]`` (fp32),
+        or of the last ``logits_to_keep`` rows.
 
         ``allowed [1, n, length + n]`` bool says which cache keys each new token sees (None:
-        all earlier keys plus causal among the new ones).
+        all earlier keys plus causal among the new ones: then no mask is built where causal
+        order suffices).
         """
         n = tokens.shape[1]
         if n == 0:
             raise ValueError("forward needs at least one token")
-        S = self.length + n
         self._check_room(int(position_ids.max()))
-        if allowed is None:
+        S = self.length + n
+        self.cache.reserve(S)
+        if allowed is None and self.attention == "eager":
             allowed = torch.ones(1, n, S, dtype=torch.bool, device=self.device)
             allowed[0, :, self.length:] = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        out = self.model(input_ids=tokens.to(self.device), attention_mask=mask[:, None],
-                         position_ids=position_ids.to(self.device), past_key_values=self.cache, use_cache=True,
-                         **extra)
-        self.length = S
-        return out.logits.float()
+        mask = None if allowed is None else self._mask(allowed)
+        return self._run(tokens, position_ids.to(self.device), mask, logits_to_keep, **extra)
 
-    def forward_chain(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward_chain(self, tokens: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
         """Append a causal chain ``tokens [1, n]`` right after the cached prefix."""
         pos = torch.arange(self.length, self.length + tokens.shape[1], device=self.device)[None]
-        return self.forward(tokens, pos)
+        return self.forward(tokens, pos, logits_to_keep=logits_to_keep)
 
     @torch.no_grad()
-    def forward_tree(self, tree: rsd_kernels.DraftTree) -> torch.Tensor:
+    def forward_tree(self, tree: rsd_kernels.DraftTree, *, dense_mask=None, depth=None) -> torch.Tensor:
         """Verification forward over root + tree nodes: logits ``[1, T, V]``.
 
-        The tree's keys are appended at ``length .. length + T - 1``; positions are
-        ``length + depth``; node i sees the prefix and its ancestors-or-self.
+        The tree's keys are written at ``length .. length + T - 1``; positions are
+        ``length + depth``; node i sees the prefix and its ancestors-or-self. ``dense_mask
+        [T, T]`` / ``depth [T]`` may be passed when the caller already has them.
         """
         if tree.batch_size != 1:
             raise ValueError(f"the adapter runs batch size 1, got a tree with {tree.batch_size} rows")
-        prefix = self.length
-        pos = tree.position_ids(prefix)
+        prefix, T = self.length, tree.max_nodes
+        if depth is None:
+            depth = tree.depth[0]
+        pos = (prefix + depth.to(self.device, torch.long))[None]
         if self.attention == "rsd":
             self._check_room(int(pos.max()))
+            self.cache.reserve(prefix + T)
             plens = torch.tensor([prefix], dtype=torch.int64, device=self.device)
-            out = self.model(input_ids=tree.tokens.to(self.device), attention_mask=None, position_ids=pos,
-                             past_key_values=self.cache, use_cache=True, rsd_tree_bits=tree.ancestor_bitmask,
-                             rsd_prefix_lens=plens, rsd_backend=self.kernel_backend)
-            self.length = prefix + tree.max_nodes
-            return out.logits.float()
-        allowed = tree_key_mask(tree.dense_mask, prefix, prefix + tree.max_nodes)
+            return self._run(tree.tokens, pos, None, rsd_tree_bits=tree.ancestor_bitmask, rsd_prefix_lens=plens,
+                             rsd_backend=self.kernel_backend)
+        if dense_mask is None:
+            allowed = tree_key_mask(tree.dense_mask, prefix, prefix + T)
+        else:
+            allowed = torch.ones(1, T, prefix + T, dtype=torch.bool, device=self.device)
+            allowed[0, :, prefix:] = dense_mask
         return self.forward(tree.tokens, pos, allowed)

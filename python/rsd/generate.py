@@ -6,7 +6,14 @@ One **block** of a speculative method:
    forward per level (:func:`rsd_kernels.build_tree`);
 2. the target runs one verification forward over root + tree nodes (tree attention);
 3. :func:`rsd_kernels.verify_tree` walks the tree: the accepted path and a next token;
-4. both KV caches are compacted to prefix + accepted path (:meth:`ModelAdapter.keep`).
+4. both KV caches are compacted to prefix + accepted path (:meth:`ModelAdapter.keep_path`:
+   only the path's keys/values move; the prefix stays in place).
+
+Only model forwards grow with the context: the caches are preallocated and written in place,
+chains and single tokens run without a mask, the tree mask is built with tensor ops from the
+tree's ancestor rows, greedy verification is one batched argmax compare, and the output head
+runs only on the rows that are used. :class:`BlockStats` splits each block's wall time into
+draft (tree building), target (verification forward), verify, cache and other.
 
 Cache invariant between blocks: the target cache holds every committed token except the
 last one (the next root). The draft cache holds a prefix of that; accepted tokens it never
@@ -42,9 +49,15 @@ class BlockStats:
     emitted: int  # tokens committed by this block (accepted + the next token, cut at EOS / max_new_tokens)
     draft_calls: int
     target_calls: int
-    draft_s: float  # tree building: draft forwards + sampling
-    target_s: float  # the target forward
-    verify_s: float  # verify_tree + cache compaction (ar: sampling the next token)
+    draft_s: float  # tree building: draft forwards, sampling, masks
+    target_s: float  # the target forward (verification forward; ar: the step)
+    verify_s: float  # verification alone (ar: choosing the next token); the cache work is cache_s
+    cache_s: float = 0.0  # KV-cache compaction of both models (moving the accepted path)
+    other_s: float = 0.0  # everything else of the block (bookkeeping)
+
+    @property
+    def total_s(self) -> float:
+        return self.draft_s + self.target_s + self.verify_s + self.cache_s + self.other_s
 
 
 @dataclass
@@ -78,7 +91,7 @@ class GenerationResult:
     @property
     def decode_s(self) -> float:
         """Wall time of the blocks (prefill excluded)."""
-        return sum(b.draft_s + b.target_s + b.verify_s for b in self.blocks)
+        return sum(b.total_s for b in self.blocks)
 
     @property
     def wall_s(self) -> float:
@@ -90,8 +103,11 @@ class GenerationResult:
         return len(self.tokens) / self.decode_s if self.decode_s > 0 else 0.0
 
     def time_split(self) -> dict:
-        return {"prefill_s": self.prefill_s, "draft_s": sum(b.draft_s for b in self.blocks),
-                "target_s": sum(b.target_s for b in self.blocks), "verify_s": sum(b.verify_s for b in self.blocks)}
+        """Wall seconds per part; the parts sum to :attr:`wall_s`."""
+        out = {"prefill_s": self.prefill_s}
+        for k in ("draft_s", "target_s", "verify_s", "cache_s", "other_s"):
+            out[k] = sum(getattr(b, k) for b in self.blocks)
+        return out
 
     def to_dict(self) -> dict:
         return {
@@ -204,11 +220,12 @@ class Decoder:
             raise ValueError(f"the prompt has {ids.numel()} tokens but the target's context is {ctx} tokens "
                              f"(max_position_embeddings): no {self.method} block fits after it")
         t0 = time.perf_counter()
+        room = ids.numel() + 256 + (0 if self.config is None else self.config.budget + 1)
         for m in (tgt, self.draft):
             if m is not None:
-                m.reset()
+                m.reset(room)
                 if ids.numel() > 1:
-                    m.forward_chain(ids[None, :-1])
+                    m.forward_chain(ids[None, :-1], logits_to_keep=1)
         self.state = _LoopState(root=int(ids[-1]), pending=[])
         self.block = 0
         return time.perf_counter() - t0
@@ -316,88 +333,173 @@ class _LoopState:
 
 def _ar_step(tgt, state, samp, seed, block):
     t0 = time.perf_counter()
-    logits = tgt.forward_chain(torch.tensor([[state.root]], device=tgt.device))[:, -1]
+    logits = tgt.forward_chain(torch.tensor([[state.root]], device=tgt.device), logits_to_keep=1)[:, -1]
     t1 = time.perf_counter()
-    s = rsd_kernels.sample_without_replacement(logits, 1, **samp, seed=seed, offset=block)
-    nxt = int(s.tokens[0, 0])
+    if samp["temperature"] == 0:
+        nxt = int(logits[0].argmax())
+    else:
+        s = rsd_kernels.sample_without_replacement(logits, 1, **samp, seed=seed, offset=block, validate=False)
+        nxt = int(s.tokens[0, 0])
     state.root = nxt
-    return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, t2 - t1)
+
+
+def _tree_views(parents: torch.Tensor, num_nodes: int):
+    """``(ancestor-or-self [T, T] bool, depth [T] int64)`` of one tree row, one tensor step per
+    depth level (no per-node loop). Padding nodes (``>= num_nodes``) see only themselves."""
+    T = parents.shape[0]
+    dev = parents.device
+    par = parents.long()
+    ar = torch.arange(T, device=dev)
+    anc = torch.eye(T, dtype=torch.bool, device=dev)
+    cur = torch.where(ar < num_nodes, par, -1)
+    while True:
+        has = cur >= 0
+        if not bool(has.any()):
+            break
+        anc[ar[has], cur[has]] = True
+        cur = torch.where(has, par[cur.clamp(min=0)], -1)
+    depth = anc.sum(1) - 1
+    return anc, depth
+
+
+def _greedy_verify(target_logits, tree, anc, depth):
+    """Greedy verification as one batched compare: a node is accepted iff its token and every
+    ancestor's token is the target's argmax at its parent; the deepest such node (lowest index
+    among equals) ends the path. Returns ``(path node list, next token)``."""
+    best = target_logits[0].argmax(-1)  # [T]
+    tok, par = tree.tokens[0], tree.parents[0].long()
+    T = tok.shape[0]
+    ok = (tok == best[par.clamp(min=0)]) & (torch.arange(T, device=tok.device) < tree.num_nodes[0])
+    ok[0] = True
+    reach = ~(anc & ~ok[None, :]).any(1)
+    last = int(torch.where(reach, depth, -1).argmax())
+    path = anc[last].nonzero()[:, 0].tolist()
+    return path, int(best[last])
+
+
+def _prime_tree(tree, anc, depth):
+    """Hand the tree the views computed here so its cached properties (max_depth, the bitmask of
+    the "rsd" attention path) skip their per-node loops."""
+    tree.__dict__["dense_mask"] = anc[None]
+    tree.__dict__["depth"] = depth.to(torch.int32)[None]
+
+
+def _verify(target_logits, drafted, tree, anc, depth, cfg, samp, seed, block, backend):
+    """The accepted path (tree node indices from the root) and the next token."""
+    if samp["temperature"] == 0:
+        return _greedy_verify(target_logits, tree, anc, depth)
+    res = rsd_kernels.verify_tree(target_logits, drafted.draft_logits, tree, mode=cfg.verify_mode, **samp, seed=seed,
+                                  offset=block, backend=backend, validate=False)
+    return [int(i) for i in res.path[0].tolist() if i >= 0], int(res.next_token[0])
 
 
 def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
     """One block; updates both caches and ``state``; returns the committed tokens."""
     dev = tgt.device
     t0 = time.perf_counter()
-    draft_fn, node_pos = _draft_fn(drf, state.pending)
+    levels = _DraftLevels(drf, state.pending, cfg.budget + 1)
     root = torch.tensor([state.root], dtype=torch.long, device=dev)
-    drafted = rsd_kernels.build_tree(cfg, root, draft_fn, **samp, seed=seed, offset=block * cfg.depth,
-                                     backend=backend)
+    drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
+                                     draft_logits=samp["temperature"] > 0, validate=False)
     tree = drafted.tree
+    n_real = tree.max_nodes if tree.num_nodes is None else int(tree.num_nodes[0])
+    anc, depth = _tree_views(tree.parents[0], n_real)
+    _prime_tree(tree, anc, depth)
     t1 = time.perf_counter()
     prefix = tgt.length
-    target_logits = tgt.forward_tree(tree)
+    target_logits = tgt.forward_tree(tree, dense_mask=anc, depth=depth)
     t2 = time.perf_counter()
-    greedy = samp["temperature"] == 0
-    res = rsd_kernels.verify_tree(target_logits, None if greedy else drafted.draft_logits, tree,
-                                  mode="greedy" if greedy else cfg.verify_mode, **samp, seed=seed, offset=block,
-                                  backend=backend)
-    path = [int(i) for i in res.path[0].tolist() if i >= 0]
-    accepted = [int(tree.tokens[0, i]) for i in path[1:]]
-    nxt = int(res.next_token[0])
-    # compaction: target keeps prefix + path (the root included); the draft what it has of the path
-    tgt.keep(torch.cat([torch.arange(prefix, device=dev), prefix + torch.tensor(path, device=dev)]))
-    keep_d = list(range(node_pos[0] + 1))
-    pending = []
-    for i in path[1:]:
-        if i in node_pos and not pending:
-            keep_d.append(node_pos[i])
-        else:
-            pending.append(int(tree.tokens[0, i]))
-    drf.keep(torch.tensor(keep_d, device=drf.device))
-    state.pending, state.root = pending, nxt
+    path, nxt = _verify(target_logits, drafted, tree, anc, depth, cfg, samp, seed, block, backend)
     t3 = time.perf_counter()
-    return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2)
+    # compaction: the target keeps prefix + path (the root included); the draft what it has of the path
+    tgt.keep_path(prefix, path)
+    slots = levels.final_slots(tree.max_nodes)
+    keep_d, pending = [], []
+    for i in path[1:]:
+        s = slots[i]
+        if s >= 0 and not pending:
+            keep_d.append(s)
+        else:
+            pending.append(i)
+    drf.cache.move_tail(levels.root_slot + 1, keep_d)
+    t4 = time.perf_counter()
+    toks = tree.tokens[0].tolist()
+    accepted = [toks[i] for i in path[1:]]
+    state.pending, state.root = [toks[i] for i in pending], nxt
+    t5 = time.perf_counter()
+    return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2,
+                                        t4 - t3, t5 - t4)
 
 
-def _draft_fn(drf, pending):
+class _DraftLevels:
     """The ``draft_fn`` of :func:`rsd_kernels.build_tree` over the draft adapter's cache.
 
-    Level 0 feeds ``pending + [root]`` as a causal chain. Level l > 0 feeds the nodes to expand
-    (the previous level's new nodes); each sees the committed prefix (root included), its tree
-    ancestors already in the cache, and itself. ``node_pos`` maps tree node -> draft cache slot.
+    Level 0 feeds ``pending + [root]`` as a causal chain (no mask; logits of the root only).
+    Level l > 0 feeds the nodes to expand (the previous level's new nodes) in one forward; each
+    sees the committed prefix (root included), its tree ancestors already in the cache, and
+    itself. The mask, positions and cache slots come from tensors kept per node (ancestor-or-self
+    rows, depths), updated with a few tensor ops per level: no per-node Python loop.
     """
-    node_pos: dict[int, int] = {}
-    depth_of: dict[int, int] = {0: 0}
 
-    def draft_fn(level, nodes, tokens, parents):
-        n = nodes.shape[1]
-        out = torch.zeros(1, n, drf.vocab_size, device=drf.device)
+    def __init__(self, drf, pending, max_nodes):
+        self.drf, self.pending = drf, list(pending)
+        dev = drf.device
+        self.anc = torch.zeros(max_nodes, max_nodes, dtype=torch.bool, device=dev)
+        self.anc[0, 0] = True
+        self.depth = torch.zeros(max_nodes, dtype=torch.long, device=dev)
+        self.slots = torch.full((max_nodes,), -1, dtype=torch.long, device=dev)
+        self.fed: list[torch.Tensor] = []  # node indices in cache-slot order after the root
+        self.root_slot = -1
+        self.seen_ok = None  # which build-time nodes were real at the last call (ragged trees)
+
+    def __call__(self, level, nodes, tokens, parents):
+        drf = self.drf
         if level == 0:
-            chain = torch.tensor([pending + [int(tokens[0, 0])]], dtype=torch.long, device=drf.device)
-            out[:, 0] = drf.forward_chain(chain)[:, -1]
-            node_pos[0] = drf.length - 1
-            return out
-        cols = [j for j in range(n) if int(nodes[0, j]) >= 0]
-        if not cols:
-            return out
-        idx = [int(nodes[0, j]) for j in cols]
-        par = parents[0].tolist()
-        base, k = drf.length, len(cols)
-        allowed = torch.zeros(1, k, base + k, dtype=torch.bool, device=drf.device)
-        allowed[0, :, : node_pos[0] + 1] = True
-        pos = torch.empty(1, k, dtype=torch.long, device=drf.device)
-        for r, i in enumerate(idx):
-            allowed[0, r, base + r] = True
-            a = par[i]
-            while a > 0:
-                allowed[0, r, node_pos[a]] = True
-                a = par[a]
-            depth_of[i] = depth_of[par[i]] + 1
-            pos[0, r] = node_pos[0] + depth_of[i]
-        logits = drf.forward(tokens[:, idx].to(drf.device), pos, allowed)
-        for r, i in enumerate(idx):
-            node_pos[i] = base + r
-        out[0, cols] = logits[0]
+            if self.pending:
+                chain = torch.tensor([self.pending + [int(tokens[0, 0])]], dtype=torch.long, device=drf.device)
+            else:
+                chain = tokens[:, :1].to(drf.device)
+            logits = drf.forward_chain(chain, logits_to_keep=1)
+            self.root_slot = drf.length - 1
+            self.slots[0] = self.root_slot
+            return logits
+        nd = nodes[0].to(drf.device)
+        ok = nd >= 0
+        full = bool(ok.all())
+        idx = nd if full else nd[ok]
+        k = idx.numel()
+        par_all = parents[0].to(drf.device).long()
+        self.seen_ok = par_all >= 0
+        self.seen_ok[0] = True
+        if k == 0:
+            return torch.zeros(1, nd.shape[0], drf.vocab_size, device=drf.device)
+        par = par_all[idx]
+        self.anc[idx] = self.anc[par]
+        self.anc[idx, idx] = True
+        self.depth[idx] = self.depth[par] + 1
+        base = drf.length
+        self.slots[idx] = torch.arange(base, base + k, device=drf.device)
+        self.fed.append(idx)
+        order = torch.cat(self.fed) if len(self.fed) > 1 else idx
+        allowed = torch.ones(1, k, base + k, dtype=torch.bool, device=drf.device)
+        allowed[0, :, self.root_slot + 1:] = self.anc[idx][:, order]
+        pos = (self.root_slot + self.depth[idx])[None]
+        logits = drf.forward(tokens[:, idx.to(tokens.device)], pos, allowed)
+        if full:
+            return logits
+        out = logits.new_zeros(1, nd.shape[0], logits.shape[-1])
+        out[0, ok] = logits[0]
         return out
 
-    return draft_fn, node_pos
+    def final_slots(self, T) -> list[int]:
+        """Draft cache slot of each node of the built (possibly packed) tree, -1 if never fed."""
+        if self.seen_ok is None or bool(self.seen_ok.all()):
+            out = self.slots[:T].tolist()
+            return out + [-1] * (T - len(out))
+        known = self.seen_ok.nonzero()[:, 0]
+        out = [-1] * T
+        for j, s in enumerate(self.slots[known].tolist()[:T]):
+            out[j] = s
+        return out

@@ -279,7 +279,8 @@ def _decode_set(pair: Pair, adapters, prompts, settings: EvalSettings, method, c
 def summarize(outs, texts, evalset: EvalSet) -> dict:
     """Pooled counts, time split and task score of one method over a data set."""
     toks = [len(r.tokens) for r in outs]
-    split = {k: sum(r.time_split()[k] for r in outs) for k in ("prefill_s", "draft_s", "target_s", "verify_s")}
+    split = {k: sum(r.time_split()[k] for r in outs)
+             for k in ("prefill_s", "draft_s", "target_s", "verify_s", "cache_s", "other_s")}
     wall = sum(r.wall_s for r in outs)
     return {
         "items": len(outs), "tokens": sum(toks), "tokens_per_item": toks,
