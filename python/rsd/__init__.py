@@ -7,3 +7,4 @@ through ``from rsd.generate import ...``).
 __version__ = "0.1.0"
 
 from .generate import GenerationResult, generate  # noqa: E402,F401
+from .hf_generate import CUSTOM_GENERATE_PATH  # noqa: E402,F401
