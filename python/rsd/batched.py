@@ -325,6 +325,30 @@ class BatchDecoder:
         self.roots = [self.roots[i] for i in keep]
         self.pending = [self.pending[i] for i in keep]
 
+    def snapshot(self):
+        """A copy of the whole state (tests: many single blocks from one prefill)."""
+        caches = [None if m is None else (None if m.cache.kv is None else m.cache.kv.clone(), list(m.cache.lengths))
+                  for m in (self.target, self.draft)]
+        return caches, list(self.roots), [list(p) for p in self.pending], self.block
+
+    def restore(self, snap, *, seed=None):
+        """Go back to ``snap`` (the same rows); optionally with a new ``seed``."""
+        caches, roots, pending, block = snap
+        for m, c in zip((self.target, self.draft), caches):
+            if m is not None:
+                kv, lengths = c
+                m.cache.kv = None if kv is None else kv.clone()
+                if kv is not None:
+                    m.cache.capacity = kv.shape[4]
+                m.cache.batch = len(lengths)
+                m.cache.set_lengths(lengths)
+        self.roots, self.pending, self.block = list(roots), [list(p) for p in pending], block
+        if seed is not None:
+            from rsd_kernels import noise
+
+            noise.check_seed(seed, 0)
+            self.seed = seed
+
     def step(self):
         """One batched block: ``(tokens per row, accepted per row, draft calls, (draft_s, target_s,
         verify_s, cache_s, other_s))``."""
