@@ -514,7 +514,8 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
             progress(total)
         if len(keep) < len(active):
             t0 = time.perf_counter()
-            dec.drop_rows(keep)
+            if keep:  # (nothing to compact when every row is done)
+                dec.drop_rows(keep)
             active = [active[j] for j in keep]
             out.blocks[-1].cache_s += time.perf_counter() - t0
     return out
