@@ -4,8 +4,8 @@ For each method (ar, sd, spectr, rsd-c, rsd-s at one budget) and each prompt len
 mean **thread CPU time** per block (``time.thread_time``, torch on 1 thread: robust on a shared
 machine) split into: draft forwards, target forward, verify, cache (KV compaction) and
 everything else, plus the share of the block spent outside model forwards. For ``ar`` it also
-times Hugging Face ``model.generate`` (greedy, same target, same prompt, attention "sdpa") per
-decoded token.
+times project ``ar`` against Hugging Face ``model.generate`` (greedy, same target, same prompt,
+attention "sdpa") per decoded token, interleaved rounds in the same process.
 
 The parts are measured by wrapping, from the outside, the models' ``forward`` (draft / target),
 the loop's verification function and its cache-compaction function, so the same script measures
@@ -126,8 +126,8 @@ def child(args):
         res = {}
         for method in args.methods:
             cfg_budget = None if method == "ar" else args.budget
-            dec = gen.Decoder(tad, None if method == "ar" else dad, method, budget=cfg_budget, temperature=0.0,
-                              seed=0)
+            dec = gen.Decoder(tad, None if method == "ar" else dad, method, budget=cfg_budget,
+                              temperature=args.temperature, seed=0)
             dec.prefill(ids)
             tokens = []
             for _ in range(args.warmup):
@@ -146,45 +146,64 @@ def child(args):
             res[method] = {"config": None if dec.config is None else str(dec.config), "blocks": blocks,
                            "block_s": total / blocks, "tokens_per_block": (accepted + blocks) / blocks,
                            "parts": parts, "tokens": tokens}
-        if "ar" in args.methods and not args.no_hf:
-            res["hf"] = _hf_generate(target, ids, args, clock, res["ar"]["tokens"])
+        if not args.no_hf:
+            res["hf"] = _ar_vs_hf(target, tad, gen, ids, args)
         out["lengths"][str(L)] = res
     target.forward, draft.forward = target_fw, draft_fw
     return out
 
 
-def _hf_generate(model, ids, args, clock, ar_tokens):
-    """Hugging Face greedy generate, thread CPU time per decoded token: (T(1 + n) - T(1)) / n."""
+def _ar_vs_hf(model, tad, gen, ids, args):
+    """Project ``ar`` and Hugging Face greedy ``generate`` (attention "sdpa", DynamicCache), per decoded
+    token, interleaved over ``--rounds`` rounds (min of each): ar times ``n`` steps after a prefill
+    and one warm step; HF's steps are timed from a stopping criterion called after every token
+    (prefill and the first step excluded)."""
     import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
-    prev = model.config._attn_implementation
-    model.set_attn_implementation("sdpa")
+    class Stamp(StoppingCriteria):
+        def __init__(self):
+            self.t = []
+
+        def __call__(self, input_ids, scores, **kw):
+            self.t.append(time.thread_time())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    n = args.blocks
     x = torch.tensor([ids])
-    n = args.warmup + args.blocks
-    kw = dict(attention_mask=torch.ones_like(x), do_sample=False, pad_token_id=model.config.eos_token_id or 0,
-              eos_token_id=None)
-    times = {}
-    try:
-        for m in (1, 1 + n):
-            model.generate(x, max_new_tokens=m, min_new_tokens=m, **kw)  # warm-up
-            t0 = time.thread_time()
-            gen = model.generate(x, max_new_tokens=m, min_new_tokens=m, **kw)
-            times[m] = time.thread_time() - t0
-    finally:
-        model.set_attn_implementation(prev)
-    hf_tokens = gen[0, len(ids):].tolist()
-    return {"token_s": (times[1 + n] - times[1]) / n, "same_tokens": hf_tokens[: len(ar_tokens)] == ar_tokens[:len(
-        hf_tokens)]}
+    kw = dict(attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=n + 2, min_new_tokens=n + 2,
+              pad_token_id=model.config.eos_token_id or 0, eos_token_id=None)
+    ar_s, hf_s, same = [], [], True
+    for _ in range(args.rounds):
+        dec = gen.Decoder(tad, None, "ar", temperature=0.0, seed=0)
+        dec.prefill(ids)
+        toks = dec.step()[0]
+        t0 = time.thread_time()
+        for _ in range(n):
+            toks += dec.step()[0]
+        ar_s.append((time.thread_time() - t0) / n)
+        prev = model.config._attn_implementation
+        model.set_attn_implementation("sdpa")
+        try:
+            stamp = Stamp()
+            out = model.generate(x, stopping_criteria=StoppingCriteriaList([stamp]), **kw)
+        finally:
+            model.set_attn_implementation(prev)
+        hf_s.append((stamp.t[n + 1] - stamp.t[1]) / n)
+        same = same and out[0, len(ids):len(ids) + n + 1].tolist() == toks
+    return {"ar_token_s": min(ar_s), "hf_token_s": min(hf_s), "same_tokens": same}
 
 
 # ---------------------------------------------------------------- driver
-def _run_child(impl, args):
+def _run_child(impl, args, hf=True):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([impl, os.path.join(impl, "python"), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--lengths", ",".join(map(str, args.lengths)),
            "--methods", ",".join(args.methods), "--budget", str(args.budget), "--blocks", str(args.blocks),
-           "--warmup", str(args.warmup)] + (["--tiny"] if args.tiny else []) + (["--no-hf"] if args.no_hf else [])
+           "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--temperature", str(args.temperature)] + (["--tiny"] if args.tiny else [])
+    if args.no_hf or not hf:
+        cmd.append("--no-hf")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"benchmark child for {impl} failed:\n{p.stderr[-4000:]}")
@@ -213,9 +232,11 @@ def main(argv=None):
     ap.add_argument("--lengths", default=None, help="prompt lengths (default 40,500,1500; --tiny: 40,200)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--budget", type=int, default=10)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples (seed 0)")
     ap.add_argument("--blocks", type=int, default=None, help="measured blocks per method (default 8; --tiny 3)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--no-hf", action="store_true", help="skip Hugging Face generate")
+    ap.add_argument("--no-hf", action="store_true", help="skip the ar vs Hugging Face generate comparison")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of ar vs HF generate")
     ap.add_argument("--json", metavar="PATH", help="write all results here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -227,8 +248,9 @@ def main(argv=None):
         return 0
     results = {"now": _run_child(REPO, args)}
     if args.before:
-        results["before"] = _run_child(os.path.abspath(args.before), args)
-    print(f"thread CPU ms per block (1 thread), {'tiny pair' if args.tiny else 'embedded pair'}, greedy, "
+        results["before"] = _run_child(os.path.abspath(args.before), args, hf=False)
+    print(f"thread CPU ms per block (1 thread), {'tiny pair' if args.tiny else 'embedded pair'}, "
+          f"{'greedy' if args.temperature == 0 else f'temperature {args.temperature}'}, "
           f"budget {args.budget}; outside = block - draft forwards - target forward")
     print(f"{'impl':>6} {'len':>5} {'method':>6} {'config':>11} " + " ".join(f"{k:>8}" for k in PARTS)
           + f" {'block':>8} {'outside':>8} {'share':>7} {'tok/b':>5}")
@@ -236,15 +258,11 @@ def main(argv=None):
         if label in results:
             print("\n".join(_fmt(results[label], label)))
     for L, per in results["now"]["lengths"].items():
-        if "hf" in per and "ar" in per:
-            hf, ar = per["hf"], per["ar"]
-            line = (f"ar vs HF generate at {L:>5} tokens: project ar {1000 * ar['block_s']:.2f} ms/token, "
-                    f"HF {1000 * hf['token_s']:.2f} ms/token, HF/ar = {hf['token_s'] / ar['block_s']:.2f}"
-                    f" (same tokens: {hf['same_tokens']})")
-            if "before" in results:
-                b = results["before"]["lengths"][L]["ar"]["block_s"]
-                line += f"; before/now ar = {b / ar['block_s']:.2f}"
-            print(line)
+        if "hf" in per:
+            hf = per["hf"]
+            print(f"ar vs HF generate at {L:>5} tokens (min of {args.rounds} interleaved rounds): project ar "
+                  f"{1000 * hf['ar_token_s']:.2f} ms/token, HF {1000 * hf['hf_token_s']:.2f} ms/token, "
+                  f"HF/ar = {hf['hf_token_s'] / hf['ar_token_s']:.2f} (same tokens: {hf['same_tokens']})")
     if "before" in results:
         for L, per in results["now"]["lengths"].items():
             for m, r in per.items():

@@ -139,7 +139,7 @@ def default_config(method: str, budget: int) -> TreeConfig:
 
 class DraftedTree(NamedTuple):
     tree: DraftTree
-    draft_logits: torch.Tensor  # [B, T, V] raw draft logits at each node (zeros at unexpanded leaves)
+    draft_logits: torch.Tensor | None  # [B, T, V] raw draft logits at each node (zeros at unexpanded leaves)
     draft_calls: int
 
 
@@ -147,14 +147,16 @@ DraftFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn, *, temperature=1.0, top_k=None,
-               top_p=None, generator=None, seed=None, offset=0, backend="auto") -> DraftedTree:
+               top_p=None, generator=None, seed=None, offset=0, backend="auto", draft_logits=True) -> DraftedTree:
     """Grow ``config``'s tree from ``root_tokens [B]`` with one ``draft_fn`` call per level.
 
     ``draft_fn(level, nodes, tokens, parents)`` gets the ``[B, n]`` int64 indices of the nodes
     to expand (``-1`` where a row has no such node), the tree so far (``tokens [B, t]``,
     ``parents [B, t]``) and returns the draft's raw next-token logits ``[B, n, V]`` at those
     nodes. Sampling uses the warps given here; verify with the same ones. With ``seed``, level
-    l draws from the Philox streams at ``offset + l``.
+    l draws from the Philox streams at ``offset + l``. ``draft_logits=False`` skips assembling
+    the per-node draft logits (``DraftedTree.draft_logits`` is then ``None``; greedy verification
+    never reads them).
     """
     if not isinstance(config, TreeConfig):
         raise TypeError(f"config must be a TreeConfig, got {type(config).__name__}")
@@ -233,7 +235,7 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
             add(tok, par, ok)
             frontier = torch.where(ok, torch.arange(start, start + tok.shape[1], device=dev)[None, :], -1)
             phi, G = phi_new, G_new
-    return _assemble(cols_tok, cols_par, cols_ok, expanded, config.depth)
+    return _assemble(cols_tok, cols_par, cols_ok, expanded if draft_logits else None, config.depth)
 
 
 def _assemble(cols_tok, cols_par, cols_ok, expanded, calls):
@@ -241,12 +243,14 @@ def _assemble(cols_tok, cols_par, cols_ok, expanded, calls):
     par = torch.stack(cols_par, 1)
     ok = torch.stack(cols_ok, 1)
     B, T = tok.shape
-    V, dtype = expanded[0][1].shape[-1], expanded[0][1].dtype
-    dl = torch.zeros(B, T, V, dtype=dtype, device=tok.device)
-    rows = torch.arange(B, device=tok.device)
-    for col, lg in expanded:
-        has = col >= 0
-        dl[rows[has], col[has]] = lg[has]
+    dl = None
+    if expanded is not None:
+        V, dtype = expanded[0][1].shape[-1], expanded[0][1].dtype
+        dl = torch.zeros(B, T, V, dtype=dtype, device=tok.device)
+        rows = torch.arange(B, device=tok.device)
+        for col, lg in expanded:
+            has = col >= 0
+            dl[rows[has], col[has]] = lg[has]
     if bool(ok.all()):
         return DraftedTree(DraftTree(tok, par.to(torch.int32)), dl, calls)
     # ragged rows: pack each row's real nodes to the front, keeping their order
@@ -255,7 +259,7 @@ def _assemble(cols_tok, cols_par, cols_ok, expanded, calls):
     tok_c = tok.gather(1, order)
     par_c = par.gather(1, order)
     par_c = torch.where(par_c >= 0, new_idx.gather(1, par_c.clamp(min=0)), -1)
-    dl_c = dl.gather(1, order[..., None].expand(B, T, V))
+    dl_c = None if dl is None else dl.gather(1, order[..., None].expand(B, T, dl.shape[-1]))
     n = ok.sum(1).to(torch.int32)
     keep = torch.arange(T, device=tok.device)[None, :] < n[:, None]
     tok_c = torch.where(keep, tok_c, 0)

@@ -187,3 +187,22 @@ def test_hf_generate_after_an_adapter_is_unchanged():
     ModelAdapter(tgt)
     assert tgt.config._attn_implementation == adapter_mod.RSD_ATTENTION_NAME
     torch.testing.assert_close(tgt.generate(x, **kw), ref, rtol=0, atol=0)
+
+
+def test_build_tree_without_draft_logits():
+    """build_tree(draft_logits=False) (what greedy decoding uses) grows the same tree, no logits."""
+    import rsd_kernels
+
+    torch.manual_seed(0)
+    table = torch.randn(64, 64)
+
+    def draft_fn(level, nodes, tokens, parents):
+        return table[tokens[0, nodes[0].clamp(min=0)]][None]
+
+    for method, shape in (("sd", (3,)), ("spectr", (2, 2)), ("rsd-c", (2, 1)), ("rsd-s", (2, 3))):
+        cfg = rsd_kernels.TreeConfig(method, shape)
+        root = torch.tensor([5])
+        a = rsd_kernels.build_tree(cfg, root, draft_fn, temperature=0.0)
+        b = rsd_kernels.build_tree(cfg, root, draft_fn, temperature=0.0, draft_logits=False)
+        assert b.draft_logits is None and a.draft_logits is not None
+        assert torch.equal(a.tree.tokens, b.tree.tokens) and torch.equal(a.tree.parents, b.tree.parents)
