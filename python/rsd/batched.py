@@ -389,7 +389,7 @@ class BatchDecoder:
         levels = _BatchDraftLevels(drf, self.pending, cfg.budget + 1)
         root = torch.tensor(self.roots, dtype=torch.long, device=dev)
         drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
-                                         backend=self.backend)
+                                         backend=self.backend, draft_logits=samp["temperature"] > 0)
         tree = drafted.tree
         T = tree.max_nodes
         nn = [T] * B if tree.num_nodes is None else tree.num_nodes.tolist()
