@@ -240,3 +240,17 @@ def test_batched_row_mixup_is_caught(monkeypatch):
     tgt, draft, ps = _tiny_chi_setup()
     pvalue, counts, _ = batched_first_token_pvalue(tgt, draft, ps, [0, 2], "rsd-c", "3", CHI_N)
     assert pvalue < ALPHA, f"the row mix-up passed: counts {counts}, p={pvalue:.2e}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,config", [("ar", None), ("sd", "3"), ("rsd-s", "2x3")])
+def test_embedded_pair_batch_greedy(method, config):
+    from loop_models import chat_ids, embedded_draft, embedded_target
+
+    tgt = embedded_target().model
+    drf = None if method == "ar" else embedded_draft().model
+    ps = [list(chat_ids(t)) for t in ("Hi", "What is the capital of France?",
+                                      "Write one long sentence about the sea and ships.")]
+    ref = singles(tgt, drf, ps, method, config, max_new_tokens=10)
+    res = generate(tgt, drf, ps, method, config, max_new_tokens=10)
+    assert res.tokens == [r.tokens for r in ref]
