@@ -254,3 +254,68 @@ def test_embedded_pair_batch_greedy(method, config):
     ref = singles(tgt, drf, ps, method, config, max_new_tokens=10)
     res = generate(tgt, drf, ps, method, config, max_new_tokens=10)
     assert res.tokens == [r.tokens for r in ref]
+
+
+@pytest.mark.parametrize("method,config,top_k", [("ar", None, 50), ("sd", "3", 50), ("spectr", "3x2", 2),
+                                                 ("rsd-c", "3,2", 2), ("rsd-s", "3x2", 2), ("rsd-c", "2,1", None)])
+def test_sampling_row_zero_equals_single_prompt(target, biased, method, config, top_k):
+    """Row 0 of a batch draws from row 0's streams, like a single prompt: equal tokens with the same
+    seed, also when trees are ragged (top_k=2 < the branching: rows lose nodes) and rows differ."""
+    ps = prompts((6, 1, 14), seed=8)
+    draft = None if method == "ar" else biased
+    kw = dict(temperature=1.0, top_k=top_k, max_new_tokens=N, seed=11)
+    one = generate(target, draft, ps[0], method, config, **kw)
+    batch = generate(target, draft, ps, method, config, **kw)
+    assert batch.tokens[0] == one.tokens
+    assert all(len(t) == N for t in batch.tokens)
+
+
+def test_batch_kv_buffer_unit():
+    from rsd.kvcache import BatchKVBuffer
+
+    c = BatchKVBuffer(num_layers=2, batch=3, capacity=4)
+    k = torch.arange(3 * 1 * 5 * 2, dtype=torch.float32).view(3, 1, 5, 2)
+    c.write_slots = torch.tensor([[0, 1, 2, 3, 4], [2, 3, 4, 5, 6], [1, 2, 3, 4, 5]])
+    c.set_lengths([0, 2, 1])
+    for layer in range(2):
+        kk, vv = c.update(k + layer, -k, layer)
+        assert kk.shape == (3, 1, 7, 2)  # attends over [:max slot + 1]
+    assert c.capacity >= 7
+    c.advance([5, 5, 5])
+    assert c.lengths == [5, 7, 6]
+    assert torch.equal(c.kv[1, 0, 1, 0, 2:7], k[1, 0] + 1)
+    # keep [0, start) and the listed slots; rows move independently, in one gather
+    c.move_tails([1, 2, 1], [[3], [2, 5, 6], []])
+    assert c.lengths == [2, 5, 1]
+    assert torch.equal(c.kv[:, 0, 0, 0, 1], torch.stack([k[0, 0, 3], k[0, 0, 3] + 1]))
+    assert torch.equal(c.kv[0, 0, 1, 0, 3:5], k[1, 0, 3:5])
+    assert torch.equal(c.kv[0, 1, 1, 0, 3:5], -k[1, 0, 3:5])
+    with pytest.raises(ValueError):
+        c.move_tails([0, 0, 0], [[5], [], []])  # beyond row 0's length
+    c.select_rows([2, 0])
+    assert c.batch == 2 and c.lengths == [1, 2] and c.kv.shape[2] == 2
+    assert torch.equal(c.kv[0, 0, 1, 0, 1], k[0, 0, 3])
+
+
+@pytest.mark.parametrize("method,config", [("rsd-c", "3,2"), ("rsd-s", "3x2")])
+def test_sampling_ragged_rows(monkeypatch, method, config):
+    """top_p on a peaked target: rows' trees have different node counts in one block (ragged
+    build and verification); row 0 still equals the single-prompt run, every row completes."""
+    real, sizes = rsd_kernels.build_tree, []
+
+    def recording(*a, **kw):
+        r = real(*a, **kw)
+        if r.tree.num_nodes is not None:
+            sizes.append(r.tree.num_nodes.tolist())
+        return r
+
+    tgt = Scaled(tiny_llama(2, 0), 20.0)
+    draft = BiasedDraft(tgt, scale=1.0)
+    ps = prompts((6, 1, 14), seed=8)
+    kw = dict(temperature=1.0, top_p=0.5, max_new_tokens=N, seed=11)
+    one = generate(tgt, draft, ps[0], method, config, **kw)
+    monkeypatch.setattr(rsd_kernels, "build_tree", recording)
+    batch = generate(tgt, draft, ps, method, config, **kw)
+    assert any(len(set(s)) > 1 for s in sizes), sizes
+    assert batch.tokens[0] == one.tokens
+    assert all(len(t) == N for t in batch.tokens)
