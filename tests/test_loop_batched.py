@@ -319,3 +319,19 @@ def test_sampling_ragged_rows(monkeypatch, method, config):
     assert any(len(set(s)) > 1 for s in sizes), sizes
     assert batch.tokens[0] == one.tokens
     assert all(len(t) == N for t in batch.tokens)
+
+
+def test_batch_input_forms_and_errors(target, biased):
+    ps = prompts((4, 4, 4), seed=9)
+    ref = [r.tokens for r in singles(target, biased, ps, "sd", "2", max_new_tokens=4)]
+    as_tensor = generate(target, biased, torch.tensor(ps), "sd", "2", max_new_tokens=4)
+    as_list_of_tensors = generate(target, biased, [torch.tensor(p) for p in ps], "sd", "2", max_new_tokens=4)
+    assert as_tensor.tokens == as_list_of_tensors.tokens == ref
+    single = generate(target, biased, torch.tensor([ps[0]]), "sd", "2", max_new_tokens=4)  # [1, n]: one prompt
+    assert not isinstance(single, BatchGenerationResult) and single.tokens == ref[0]
+    with pytest.raises(ValueError, match="empty"):
+        generate(target, biased, [ps[0], []], "sd", "2", max_new_tokens=4)
+    with pytest.raises(ValueError, match="lie in"):
+        generate(target, biased, [ps[0], [1, 999]], "sd", "2", max_new_tokens=4)
+    with pytest.raises(ValueError, match="context"):
+        generate(target, biased, [ps[0], [1] * 1024], "sd", "2", max_new_tokens=4)

@@ -29,6 +29,7 @@ decoding returns each row's greedy tokens.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -96,8 +97,10 @@ def is_batch(prompts) -> bool:
     if isinstance(prompts, torch.Tensor):
         return prompts.dim() == 2 and prompts.shape[0] > 1
     if isinstance(prompts, (list, tuple)) and prompts:
-        return not isinstance(prompts[0], (int,)) and not (isinstance(prompts[0], torch.Tensor)
-                                                            and prompts[0].dim() == 0)
+        first = prompts[0]
+        if isinstance(first, torch.Tensor):
+            return first.dim() > 0
+        return not isinstance(first, numbers.Integral)
     return False
 
 
