@@ -201,7 +201,9 @@ def _run_child(impl, args, hf=True):
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--lengths", ",".join(map(str, args.lengths)),
            "--methods", ",".join(args.methods), "--budget", str(args.budget), "--blocks", str(args.blocks),
-           "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--temperature", str(args.temperature)] + (["--tiny"] if args.tiny else [])
+           "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--temperature", str(args.temperature)]
+    if args.tiny:
+        cmd.append("--tiny")
     if args.no_hf or not hf:
         cmd.append("--no-hf")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)

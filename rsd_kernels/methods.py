@@ -147,7 +147,8 @@ DraftFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn, *, temperature=1.0, top_k=None,
-               top_p=None, generator=None, seed=None, offset=0, backend="auto", draft_logits=True) -> DraftedTree:
+               top_p=None, generator=None, seed=None, offset=0, backend="auto", draft_logits=True,
+               validate=True) -> DraftedTree:
     """Grow ``config``'s tree from ``root_tokens [B]`` with one ``draft_fn`` call per level.
 
     ``draft_fn(level, nodes, tokens, parents)`` gets the ``[B, n]`` int64 indices of the nodes
@@ -156,7 +157,8 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
     nodes. Sampling uses the warps given here; verify with the same ones. With ``seed``, level
     l draws from the Philox streams at ``offset + l``. ``draft_logits=False`` skips assembling
     the per-node draft logits (``DraftedTree.draft_logits`` is then ``None``; greedy verification
-    never reads them).
+    never reads them). ``validate=False`` skips the samplers' data checks of the draft logits
+    (NaN/inf), for a caller whose draft_fn output is known to be well formed.
     """
     if not isinstance(config, TreeConfig):
         raise TypeError(f"config must be a TreeConfig, got {type(config).__name__}")
@@ -166,7 +168,7 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
     cols_tok, cols_par, cols_ok = [root_tokens], [torch.full((B,), -1, dtype=torch.long, device=dev)], [
         torch.ones(B, dtype=torch.bool, device=dev)]
     expanded: list[tuple[torch.Tensor, torch.Tensor]] = []  # (node column [B], logits [B, V])
-    samp = dict(temperature=temperature, top_k=top_k, top_p=top_p, backend=backend)
+    samp = dict(temperature=temperature, top_k=top_k, top_p=top_p, backend=backend, validate=validate)
 
     def noise(level):
         return {"generator": generator} if seed is None else {"seed": seed, "offset": offset + level}

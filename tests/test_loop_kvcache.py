@@ -206,3 +206,19 @@ def test_build_tree_without_draft_logits():
         b = rsd_kernels.build_tree(cfg, root, draft_fn, temperature=0.0, draft_logits=False)
         assert b.draft_logits is None and a.draft_logits is not None
         assert torch.equal(a.tree.tokens, b.tree.tokens) and torch.equal(a.tree.parents, b.tree.parents)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "rsd"])
+@pytest.mark.parametrize("method,config", [("sd", "4"), ("spectr", "2x2"), ("rsd-c", "2,2"), ("rsd-s", "3x2")])
+def test_every_attention_path_greedy_exact(attention, method, config):
+    """Greedy output equals recomputation on each attention path of the engine (tiny models, the
+    draft is the target itself for some blocks of full acceptance, so pending draft tokens occur)."""
+    tgt = tiny_llama(vocab_size=64, max_positions=256, seed=0)
+    ids = [7, 3, 9, 1, 4, 4, 2]
+    ref = greedy_by_recompute(tgt, ids, 20)
+    try:
+        for drf in (tgt, BiasedDraft(tgt, scale=0.5)):
+            r = generate(tgt, drf, ids, method, config, max_new_tokens=20, attention=attention, backend="torch")
+            assert r.tokens == ref
+    finally:
+        tgt.set_attn_implementation("sdpa")

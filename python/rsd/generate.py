@@ -412,7 +412,7 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
     levels = _DraftLevels(drf, state.pending, cfg.budget + 1)
     root = torch.tensor([state.root], dtype=torch.long, device=dev)
     drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
-                                     draft_logits=samp["temperature"] > 0)
+                                     draft_logits=samp["temperature"] > 0, validate=False)
     tree = drafted.tree
     n_real = tree.max_nodes if tree.num_nodes is None else int(tree.num_nodes[0])
     anc, depth = _tree_views(tree.parents[0], n_real)
