@@ -392,7 +392,8 @@ class BatchDecoder:
         levels = _BatchDraftLevels(drf, self.pending, cfg.budget + 1)
         root = torch.tensor(self.roots, dtype=torch.long, device=dev)
         drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
-                                         backend=self.backend, draft_logits=samp["temperature"] > 0)
+                                         backend=self.backend, draft_logits=samp["temperature"] > 0,
+                                         validate=False)
         tree = drafted.tree
         T = tree.max_nodes
         nn = [T] * B if tree.num_nodes is None else tree.num_nodes.tolist()
