@@ -96,3 +96,25 @@ def test_bad_calls_are_refused(pair):
         _rsd(target, draft, ids, attention_mask=right, method="sd", budget=3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         _rsd(target, draft, ids, method="sd", budget=3, max_new_tokens=None, max_length=3)
+
+
+def test_rows_are_decoded_in_one_batch(pair, monkeypatch):
+    """The entry point runs the batched loop once for all rows; with sampling, row 0 equals
+    rsd.generate of its prompt with the same seed (batch row 0's Philox streams)."""
+    import rsd.batched
+
+    target, draft = pair
+    calls = []
+    real = rsd.batched.generate_batch
+
+    def spy(t, d, prompts, *a, **kw):
+        calls.append([list(p) for p in prompts])
+        return real(t, d, prompts, *a, **kw)
+
+    monkeypatch.setattr(rsd.batched, "generate_batch", spy)
+    ids, mask = _left_padded(PROMPTS, pad=0)
+    out = _rsd(target, draft, ids, attention_mask=mask, method="rsd-c", budget=6, do_sample=True, temperature=1.0,
+               top_k=0, seed=5)
+    assert calls == [[list(p) for p in PROMPTS]]
+    one = rsd.generate(target, draft, list(PROMPTS[0]), "rsd-c", budget=6, temperature=1.0, max_new_tokens=10, seed=5)
+    assert out[0, ids.shape[1]:].tolist() == one.tokens

@@ -1,4 +1,5 @@
-"""``rsd generate "prompt"``: decode one prompt and print the text and a one-line summary.
+"""``rsd generate "prompt"``: decode one prompt and print the text and a one-line summary
+(``--prompts-file``: a batch of prompts decoded together; each row and the total throughput).
 
 The summary line (a real one: embedded pair, greedy, 1 CPU thread, ``--max-new-tokens 48``)::
 
@@ -25,7 +26,11 @@ CONFIG_FLAGS = {"chain": ("sd", "L"), "kxl": ("spectr", "KxL"), "branching": ("r
 def add_parser(subparsers):
     p = subparsers.add_parser("generate", help="generate text with speculative decoding",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("prompt", help="the prompt text (a user turn when the target has a chat template)")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="the prompt text (a user turn when the target has a chat template)")
+    p.add_argument("--prompts-file", default=None, metavar="PATH",
+                   help="decode a batch: one prompt per line, or JSONL (a JSON string or an object with a "
+                        "'prompt' field per line); prints each row and the per-row and total throughput")
     p.add_argument("--method", choices=("ar",) + METHODS, default=None,
                    help="decoding method (default rsd-s, or the method of an explicit tree flag)")
     p.add_argument("--budget", type=int, default=None,
@@ -107,6 +112,31 @@ def summary_line(res, baseline) -> str:
     return " | ".join(parts)
 
 
+def read_prompts_file(path) -> list[str]:
+    """Prompts of ``--prompts-file``: one per non-empty line; a line that parses as JSON must be a
+    string or an object with a ``"prompt"`` string (JSONL)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            text = line.rstrip("\n")
+            if not text.strip():
+                continue
+            if text.lstrip()[:1] in ("{", '"'):
+                try:
+                    obj = json.loads(text)
+                except json.JSONDecodeError:
+                    obj = text
+                if isinstance(obj, dict):
+                    obj = obj.get("prompt")
+                    if not isinstance(obj, str):
+                        raise ValueError(f"{path}:{n}: a JSON object needs a 'prompt' string")
+                text = obj
+            out.append(text)
+    if not out:
+        raise ValueError(f"{path} holds no prompt")
+    return out
+
+
 def run(args) -> int:
     import torch
 
@@ -115,6 +145,9 @@ def run(args) -> int:
 
     method, cfg_text, budget = method_and_config(args)
     cfg = resolve_config(method, cfg_text, budget)  # fail on bad input before loading anything
+    if (args.prompt is None) == (args.prompts_file is None):
+        raise ValueError("give a prompt or --prompts-file (not both)")
+    texts = None if args.prompts_file is None else read_prompts_file(args.prompts_file)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     log = (lambda msg: print(msg, file=sys.stderr))
@@ -124,6 +157,8 @@ def run(args) -> int:
     if method != "ar":
         drf = load_draft(args.draft, tgt, dtype=args.draft_dtype or args.dtype, device=args.device, log=log)
         log(f"draft: {drf.label}")
+    if texts is not None:
+        return run_batch(args, tgt, drf, texts, method, cfg)
     ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
     common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
@@ -157,13 +192,65 @@ def run(args) -> int:
     return 0
 
 
+def run_batch(args, tgt, drf, texts, method, cfg) -> int:
+    """``--prompts-file``: one batched run (and the batched target-only baseline)."""
+    from .adapter import ModelAdapter
+    from .generate import generate
+
+    batch = [prompt_ids(tgt.tokenizer, t, not args.no_chat_template) for t in texts]
+    common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                  max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
+                  attention=args.attention, backend=args.backend)
+    target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
+    draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
+                                                          else "sdpa", kernel_backend=args.backend)
+    run_ar = not args.no_baseline and method != "ar"
+    warm = dict(common, max_new_tokens=2)
+    generate(target_adapter, draft_adapter, [batch[0]], method, cfg, **warm)  # untimed warm-up
+    if run_ar and draft_adapter is not None:
+        generate(target_adapter, None, [batch[0]], "ar", **warm)
+    total = args.max_new_tokens * len(batch)
+    res = _with_progress(lambda cb: generate(target_adapter, draft_adapter, [list(b) for b in batch], method, cfg,
+                                             progress=cb, **common), args, method, total)
+    base = None
+    if run_ar:
+        base = _with_progress(lambda cb: generate(target_adapter, None, [list(b) for b in batch], "ar", progress=cb,
+                                                  **common), args, "ar (baseline)", total)
+    head = "ar (target only)" if cfg is None else f"{cfg} (budget {cfg.budget})"
+    total_line = (f"batch of {len(batch)} | {head} | {res.num_tokens} tokens in {res.decode_s:.2f} s | "
+                  f"{res.tokens_per_s:.1f} tok/s total")
+    if base is not None:
+        total_line += f" | target alone (batched) {base.tokens_per_s:.1f} tok/s"
+        total_line += (f" | speed-up {res.tokens_per_s / base.tokens_per_s:.2f}x" if base.tokens_per_s else
+                       " | speed-up n/a")
+    rows = []
+    for i, (text, r) in enumerate(zip(texts, res.rows)):
+        rows.append({"prompt": text, "text": tgt.tokenizer.decode(r.tokens, skip_special_tokens=True),
+                     "summary": (f"row {i} | {len(r.tokens)} tokens | block efficiency {r.block_efficiency:.2f} | "
+                                 f"{r.tokens_per_s:.1f} tok/s | {r.stop_reason}"),
+                     "result": r.to_dict()})
+    if args.json:
+        print(json.dumps({"target": tgt.label, "draft": None if drf is None else drf.label, "batch": len(batch),
+                          "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                          "summary": total_line, "tokens_per_s": res.tokens_per_s, "num_tokens": res.num_tokens,
+                          "decode_s": res.decode_s, "prefill_s": res.prefill_s, "rows": rows,
+                          "baseline_tokens_per_s": None if base is None else base.tokens_per_s,
+                          "speedup": (res.tokens_per_s / base.tokens_per_s) if base and base.tokens_per_s else None}))
+    else:
+        for row in rows:
+            print(f"--- {row['summary']}")
+            print(row["text"])
+        print(total_line)
+    return 0
+
+
 PROGRESS_MIN_TOKENS = 32  # show a progress bar (on stderr, when it is a terminal) from this many tokens on
 
 
-def _with_progress(fn, args, label):
+def _with_progress(fn, args, label, total=None):
     if args.json or args.max_new_tokens < PROGRESS_MIN_TOKENS:
         return fn(None)
     from tqdm import tqdm
 
-    with tqdm(total=args.max_new_tokens, desc=label, unit="tok", file=sys.stderr, disable=None, leave=False) as bar:
+    with tqdm(total=total or args.max_new_tokens, desc=label, unit="tok", file=sys.stderr, disable=None, leave=False) as bar:
         return fn(bar.update)

@@ -286,7 +286,17 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
 
     Raises ``ValueError`` for an unknown method, a config that does not match the budget,
     target and draft vocabularies that differ, or a prompt that leaves no room in the context.
+
+    A **batch** of prompts (a list of token lists of different lengths, or a 2-D tensor with
+    more than one row) is decoded together by :func:`rsd.batched.generate_batch`, which returns
+    a :class:`rsd.batched.BatchGenerationResult` (one :class:`GenerationResult` per prompt).
     """
+    from .batched import generate_batch, is_batch
+
+    if is_batch(prompt_ids):
+        return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
+                              top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                              eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
     dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
                   seed=seed, attention=attention, backend=backend)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:

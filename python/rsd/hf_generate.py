@@ -22,7 +22,10 @@ when sampling; 0 disables it), ``top_p``, ``max_new_tokens`` / ``max_length``, `
 return sequences, a logits processor, stopping criteria, a streamer, scores, ...) raise
 ``ValueError`` naming them instead of being ignored.
 
-Rows are decoded one after another with :func:`rsd.generate` (per-row seed ``seed + row``).
+All rows are decoded together by the batched loop (:func:`rsd.batched.generate_batch`: one tree
+per row per block, batched forwards, rows leave the batch when they stop); row r draws from the
+Philox streams of ``seed`` at batch row r (a batch of one row equals :func:`rsd.generate` of
+that prompt with the same seed).
 """
 from __future__ import annotations
 
@@ -54,12 +57,12 @@ def generate(model, inputs=None, generation_config=None, *, draft_model=None, me
 
     Args beyond ``generate``'s own: ``draft_model`` (needed unless ``method="ar"``), ``method``
     (``ar``, ``sd``, ``spectr``, ``rsd-c``, ``rsd-s``), ``budget`` or ``config`` (the tree; see
-    :func:`rsd.generate.resolve_config`), ``seed`` (Philox seed; row r uses ``seed + r``),
+    :func:`rsd.generate.resolve_config`), ``seed`` (Philox seed; rows use disjoint counters of it),
     ``attention`` and ``backend`` as in :func:`rsd.generate`.
     """
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-    from .generate import generate as rsd_generate
+    from .batched import generate_batch
 
     for name in _UNSUPPORTED_ARGS:
         if kwargs.pop(name, None) not in (None, False):
@@ -95,12 +98,10 @@ def generate(model, inputs=None, generation_config=None, *, draft_model=None, me
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)))
 
-    rows = []
-    for r in range(input_ids.shape[0]):
-        prompt = input_ids[r, input_ids.shape[1] - lengths[r]:]
-        res = rsd_generate(model, draft_model, prompt, method, config, budget, **samp, max_new_tokens=max_new,
-                           seed=seed + r, eos_token_id=eos or None, attention=attention, backend=backend)
-        rows.append(res.tokens)
+    prompts = [input_ids[r, input_ids.shape[1] - lengths[r]:].tolist() for r in range(input_ids.shape[0])]
+    res = generate_batch(model, draft_model, prompts, method, config, budget, **samp, max_new_tokens=max_new,
+                         seed=seed, eos_token_id=eos or None, attention=attention, backend=backend)
+    rows = res.tokens
     width = max(len(t) for t in rows)
     if pad is None and any(len(t) < width for t in rows):
         raise ValueError("rows stopped at different lengths and the model has no pad_token_id or eos_token_id "

@@ -153,3 +153,150 @@ class KVBuffer(Cache):
         """``(keys, values)`` ``[1, Hkv, length, D]`` of one layer (views)."""
         layer = self.kv[layer_idx]
         return layer[0, :, : self.length].unsqueeze(0), layer[1, :, : self.length].unsqueeze(0)
+
+
+class BatchKVBuffer(Cache):
+    """Preallocated, in-place KV cache for a batch of rows of different lengths.
+
+    One tensor ``kv [layers, 2, B, Hkv, capacity, D]`` (zero-initialised, so that slots a row
+    never wrote hold finite values that masked attention may multiply by 0); ``lengths [B]``
+    (a Python list) are the valid positions per row. Before each forward the caller sets
+    :attr:`write_slots` ``[B, n]``: the slot of each fed token (row b's new keys usually go at
+    ``lengths[b] .. lengths[b] + n - 1``); :meth:`update` scatters the keys/values there and
+    returns the views ``[:, :, :S]`` with ``S = max(write_slots) + 1``: the caller's bool mask says
+    which of those keys each row sees (its own prefix plus its causal/tree keys). After the
+    forward, :meth:`advance` adds each row's number of real tokens.
+
+    :meth:`move_tails` compacts every row in one gather/scatter over all layers;
+    :meth:`select_rows` drops finished rows (compacting the batch dimension).
+    """
+
+    is_compileable = False
+
+    def __init__(self, num_layers: int, batch: int, capacity: int = MIN_CAPACITY):
+        super().__init__(layers=[])
+        self.num_layers = int(num_layers)
+        self.batch = int(batch)
+        self.capacity = max(int(capacity), 1)
+        self.kv: torch.Tensor | None = None
+        self.lengths = [0] * self.batch
+        self.write_slots: torch.Tensor | None = None  # [B, n] int64, set before each forward
+
+    # ---- transformers Cache interface ---------------------------------------------------
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        B, H, n, D = key_states.shape
+        if B != self.batch:
+            raise ValueError(f"BatchKVBuffer holds {self.batch} rows, got keys of shape {tuple(key_states.shape)}")
+        ws = self.write_slots
+        if ws is None or tuple(ws.shape) != (B, n):
+            raise ValueError(f"set write_slots [{B}, {n}] before the forward")
+        end = int(ws.max()) + 1
+        if self.kv is None:
+            self.kv = key_states.new_zeros(self.num_layers, 2, B, H, max(self.capacity, end), D)
+            self.capacity = self.kv.shape[4]
+        elif end > self.capacity:
+            self._grow(end)
+        layer = self.kv[layer_idx]
+        rows = self._rows[:, None]
+        layer[0][rows, :, ws] = key_states.transpose(1, 2)  # [B, n, H, D]
+        layer[1][rows, :, ws] = value_states.transpose(1, 2)
+        return layer[0, :, :, :end], layer[1, :, :, :end]
+
+    @property
+    def _rows(self):
+        dev = self.write_slots.device
+        r = getattr(self, "_rows_cache", None)
+        if r is None or r.numel() != self.batch or r.device != dev:
+            r = torch.arange(self.batch, device=dev)
+            self._rows_cache = r
+        return r
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lengths) if self.lengths else 0
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.get_seq_length()
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.num_layers
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.kv is not None
+
+    def __len__(self):
+        return self.num_layers
+
+    # ---- the batched loop's operations ---------------------------------------------
+    def _grow(self, need: int):
+        cap = self.capacity
+        while cap < need:
+            cap *= 2
+        new = self.kv.new_zeros(*self.kv.shape[:4], cap, self.kv.shape[5])
+        m = max(self.lengths) if self.lengths else 0
+        new[..., :m, :] = self.kv[..., :m, :]
+        self.kv, self.capacity = new, cap
+
+    def reserve(self, need: int):
+        if self.kv is None:
+            self.capacity = max(self.capacity, need)
+        elif need > self.capacity:
+            self._grow(need)
+
+    def advance(self, counts):
+        """Add ``counts[b]`` valid positions to row b (the real tokens of the last forward)."""
+        counts = [int(c) for c in counts]
+        if len(counts) != self.batch:
+            raise ValueError(f"advance needs {self.batch} counts, got {len(counts)}")
+        self.lengths = [a + c for a, c in zip(self.lengths, counts)]
+
+    def set_lengths(self, lengths):
+        lengths = [int(x) for x in lengths]
+        if len(lengths) != self.batch or any(x < 0 for x in lengths):
+            raise ValueError(f"bad lengths {lengths} for {self.batch} rows")
+        self.lengths = lengths
+
+    def move_tails(self, starts, srcs):
+        """Row b keeps ``[0, starts[b])`` then the slots ``srcs[b]`` (increasing, all ``>= starts[b]``,
+        below its length), copied to ``starts[b] ..``: one gather + one scatter for every row and layer."""
+        bi, si, di, new_len = [], [], [], []
+        for b, (start, src) in enumerate(zip(starts, srcs)):
+            src = [int(s) for s in src]
+            start = int(start)
+            if src and (src[0] < start or src[-1] >= self.lengths[b]
+                        or any(y <= x for x, y in zip(src, src[1:]))):
+                raise ValueError(f"row {b}: cannot keep slots {src} after {start} of a row of length {self.lengths[b]}")
+            for j, s in enumerate(src):
+                if s != start + j:
+                    bi.append(b)
+                    si.append(s)
+                    di.append(start + j)
+            new_len.append(start + len(src))
+        if bi:
+            dev = self.kv.device
+            bi_t = torch.tensor(bi, dtype=torch.long, device=dev)
+            moved = self.kv[:, :, bi_t, :, torch.tensor(si, dtype=torch.long, device=dev)]  # [M, L, 2, H, D]
+            self.kv[:, :, bi_t, :, torch.tensor(di, dtype=torch.long, device=dev)] = moved
+        self.lengths = new_len
+
+    def select_rows(self, rows):
+        """Keep only the batch rows ``rows`` (in that order)."""
+        rows = [int(r) for r in rows]
+        if self.kv is not None:
+            self.kv = self.kv.index_select(2, torch.tensor(rows, dtype=torch.long, device=self.kv.device))
+        self.lengths = [self.lengths[r] for r in rows]
+        self.batch = len(rows)
+        self.write_slots = None
+
+    def row_views(self, layer_idx: int, row: int):
+        """``(keys, values)`` ``[Hkv, length_row, D]`` of one row of one layer (views)."""
+        layer = self.kv[layer_idx]
+        n = self.lengths[row]
+        return layer[0, row, :, :n], layer[1, row, :, :n]

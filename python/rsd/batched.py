@@ -1,0 +1,525 @@
+"""Batched decoding: several prompts of different lengths in one loop (``ar``, SD, SpecTr, RSD-C, RSD-S).
+
+The same engine as single-prompt decoding (:mod:`rsd.generate`): the same tree building
+(:func:`rsd_kernels.build_tree`, batched), verification (:func:`rsd_kernels.verify_tree`,
+batched; greedy: one batched argmax compare), cache invariant and randomness, with a
+:class:`~rsd.kvcache.BatchKVBuffer` per model instead of a :class:`~rsd.kvcache.KVBuffer`.
+
+Per block: **one** batched draft forward per tree level (every row's nodes of that level),
+**one** batched verification forward (every row's tree), then ragged acceptance per row: each
+row keeps its own prefix length, positions (row length + depth), pending draft tokens and cache
+compaction (:meth:`~rsd.kvcache.BatchKVBuffer.move_tails`: only the accepted paths move, all
+rows and layers in one gather). Rows that finish (EOS, ``max_new_tokens``, context) leave the
+batch: both caches drop their rows (:meth:`~rsd.kvcache.BatchKVBuffer.select_rows`).
+
+Forwards: row b's n new tokens are written at their own slots (``length_b + j``, or a
+right-aligned chain), the attention runs over ``[:max slot + 1]`` with a bool mask (row b sees
+its own prefix ``< length_b`` and its causal/tree keys; padded tokens see only themselves,
+their keys lie beyond the row's length and are overwritten later). The cache is zero-filled so
+unwritten slots are finite.
+
+Randomness: the Philox streams of :mod:`rsd_kernels.noise`, keyed by ``seed`` and the row's
+**index in the current batch** (the ops key noise by row): block k draws level l at offset
+``k * L + l`` and verifies at offset ``k``, exactly as single-prompt decoding. So a batch of one
+prompt reproduces single-prompt decoding with the same seed, row 0 of any batch uses row 0's
+streams while it is row 0, and rows of one batch draw from disjoint counters (independent
+rows); after a row leaves, the rows behind it move up one index (fresh counters: every
+block uses a new offset). Each row's output is distributed exactly as the target's; greedy
+decoding returns each row's greedy tokens.
+"""
+from __future__ import annotations
+
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import rsd_kernels
+
+from .adapter import ModelAdapter
+from .generate import (BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _tree_views)
+from .kvcache import BatchKVBuffer
+
+
+@dataclass
+class BatchGenerationResult:
+    """The result of :func:`generate_batch`: one :class:`GenerationResult` per prompt (input order).
+
+    A row's ``blocks`` carry the wall times of the batched blocks it took part in, so a row's
+    ``tokens_per_s`` is its tokens per second of batch wall time while it was in the batch;
+    :attr:`tokens_per_s` is the total (all rows' tokens over the batch's decoding wall time).
+    """
+
+    rows: list[GenerationResult]
+    method: str
+    blocks: list[BlockStats] = field(default_factory=list)  # the batched blocks (accepted/emitted: sums)
+    prefill_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)  # rows in the batch at each block
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    @property
+    def tokens(self) -> list[list[int]]:
+        return [r.tokens for r in self.rows]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r.tokens) for r in self.rows)
+
+    @property
+    def decode_s(self) -> float:
+        return sum(b.total_s for b in self.blocks)
+
+    @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.num_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "batch": len(self.rows), "num_tokens": self.num_tokens,
+                "tokens_per_s": self.tokens_per_s, "prefill_s": self.prefill_s, "decode_s": self.decode_s,
+                "blocks": len(self.blocks), "rows": [r.to_dict() for r in self.rows]}
+
+
+def is_batch(prompts) -> bool:
+    """Whether ``prompts`` is a batch: a list/tuple of token sequences, or a 2-D tensor with > 1 rows."""
+    if isinstance(prompts, torch.Tensor):
+        return prompts.dim() == 2 and prompts.shape[0] > 1
+    if isinstance(prompts, (list, tuple)) and prompts:
+        first = prompts[0]
+        if isinstance(first, torch.Tensor):
+            return first.dim() > 0
+        return not isinstance(first, numbers.Integral)
+    return False
+
+
+class BatchModel:
+    """A :class:`ModelAdapter`'s model driven with a :class:`BatchKVBuffer` (batched forwards)."""
+
+    def __init__(self, adapter: ModelAdapter, batch: int, capacity: int):
+        self.ad = adapter
+        self.device, self.dtype = adapter.device, adapter.dtype
+        self.vocab_size = adapter.vocab_size
+        self.max_positions = adapter.max_positions
+        self.cache = BatchKVBuffer(adapter.num_layers, batch, capacity)
+
+    @property
+    def lengths(self) -> list[int]:
+        return self.cache.lengths
+
+    def _lens(self):
+        return torch.tensor(self.cache.lengths, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def run(self, tokens, positions, write_slots, allowed, counts, logits_to_keep=0, **extra):
+        """Feed ``tokens [B, n]`` at ``positions`` into ``write_slots``; ``allowed [B, n, S]`` bool
+        (``S = max(write_slots) + 1``) or None (the "rsd" tree-attention path). Returns fp32 logits."""
+        ad = self.ad
+        ad._set_impl()
+        if self.max_positions is not None:
+            positions = positions.clamp(max=self.max_positions - 1)
+        S = int(write_slots.max()) + 1
+        self.cache.reserve(S)
+        self.cache.write_slots = write_slots.to(self.device, torch.long)
+        mask = None
+        if allowed is not None:
+            if ad.attention == "eager":
+                mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+                mask = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+            else:
+                mask = allowed[:, None]
+        if logits_to_keep and ad._rows_kw:
+            extra["logits_to_keep"] = logits_to_keep
+        out = ad.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
+                       past_key_values=self.cache, use_cache=True, **extra)
+        self.cache.advance(counts)
+        self.cache.write_slots = None
+        logits = out.logits
+        if logits_to_keep and logits.shape[1] != logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return logits.float()
+
+
+def _mask(P, start, local, qreal, S):
+    """``allowed [B, n, S]``: real queries see keys ``< P[b]``; every query sees the region keys
+    ``start[b] + j`` where ``local[b, i, j]``."""
+    B, n, m = local.shape
+    dev = local.device
+    k = torch.arange(S, device=dev)
+    pre = (k[None, None, :] < P[:, None, None]) & qreal[:, :, None]
+    rel = k[None, :] - start[:, None]
+    valid = (rel >= 0) & (rel < m)
+    loc = local.gather(2, rel.clamp(0, m - 1)[:, None, :].expand(B, n, S)) & valid[:, None, :]
+    return pre | loc
+
+
+class _BatchDraftLevels:
+    """The batched ``draft_fn`` of :func:`rsd_kernels.build_tree` (see ``_DraftLevels`` in
+    :mod:`rsd.generate`): level 0 feeds each row's ``pending + [root]`` as a right-aligned chain
+    (the root is the last column of every row: logits of one row each); level l > 0 feeds every
+    row's nodes to expand, packed to the left, in one forward."""
+
+    def __init__(self, drf: BatchModel, pending, max_nodes):
+        self.drf, self.pending = drf, pending
+        B, dev = len(pending), drf.device
+        self.B, self.T = B, max_nodes
+        self.anc = torch.zeros(B, max_nodes, max_nodes, dtype=torch.bool, device=dev)
+        self.anc[:, 0, 0] = True
+        self.depth = torch.zeros(B, max_nodes, dtype=torch.long, device=dev)
+        self.slots = torch.full((B, max_nodes), -1, dtype=torch.long, device=dev)  # build node -> cache slot
+        self.slot_node = torch.full((B, max_nodes), -1, dtype=torch.long, device=dev)  # tree slot -> node
+        self.root_slot = None  # [B]
+        self.seen_ok = None
+
+    def __call__(self, level, nodes, tokens, parents):
+        drf, dev, B = self.drf, self.drf.device, self.B
+        lens = drf._lens()
+        if level == 0:
+            c = torch.tensor([len(p) + 1 for p in self.pending], dtype=torch.long, device=dev)
+            n = int(c.max())
+            col = torch.arange(n, device=dev)[None, :]
+            pad = n - c[:, None]
+            real = col >= pad
+            rel = torch.where(real, col - pad, c[:, None] + col)
+            toks = torch.zeros(B, n, dtype=torch.long, device=dev)
+            for b, p in enumerate(self.pending):
+                if p:
+                    toks[b, n - len(p) - 1: n - 1] = torch.tensor(p, dtype=torch.long, device=dev)
+            toks[:, -1] = tokens[:, 0].to(dev)
+            local = ((torch.arange(n, device=dev)[None, None, :] <= rel[:, :, None]) & real[:, :, None]) | (
+                torch.arange(n, device=dev)[None, None, :] == rel[:, :, None])
+            ws = lens[:, None] + rel
+            allowed = _mask(lens, lens, local, real, int(ws.max()) + 1)
+            logits = drf.run(toks, ws, ws, allowed, c.tolist(), logits_to_keep=1)
+            self.root_slot = lens + c - 1
+            self.slots[:, 0] = self.root_slot
+            return logits
+        nd = nodes.to(dev)
+        ok = nd >= 0
+        par_all = parents.to(dev).long()
+        self.seen_ok = par_all >= 0
+        self.seen_ok[:, 0] = True
+        n = nd.shape[1]
+        k = ok.sum(1)
+        if int(k.max()) == 0:
+            return torch.zeros(B, n, drf.vocab_size, device=dev)
+        order = torch.argsort((~ok).long(), dim=1, stable=True)
+        nds = nd.gather(1, order)  # real nodes first
+        oks = ok.gather(1, order)
+        rows = torch.arange(B, device=dev)[:, None].expand(B, n)
+        rb, q = rows[oks], nds[oks]
+        par = par_all[rb, q]
+        self.anc[rb, q] = self.anc[rb, par]
+        self.anc[rb, q, q] = True
+        self.depth[rb, q] = self.depth[rb, par] + 1
+        base = lens - self.root_slot - 1  # tree slots already used per row
+        j = torch.arange(n, device=dev)[None, :]
+        rel = base[:, None] + j  # [B, n] tree slot of each column
+        self.slots[rb, q] = (lens[:, None] + j)[oks]
+        self.slot_node[rb, rel[oks]] = q
+        m = int(base.max()) + n
+        sn = self.slot_node[:, :m]
+        qn = nds.clamp(min=0)
+        snc = sn.clamp(min=0)
+        local = self.anc[torch.arange(B, device=dev)[:, None, None], qn[:, :, None], snc[:, None, :]]
+        local = local & (sn >= 0)[:, None, :] & oks[:, :, None]
+        local = local | (torch.arange(m, device=dev)[None, None, :] == rel[:, :, None])
+        start = self.root_slot + 1
+        ws = lens[:, None] + j
+        allowed = _mask(start, start, local, oks, int(ws.max()) + 1)
+        pos = self.root_slot[:, None] + self.depth.gather(1, qn)
+        pos = torch.where(oks, pos, lens[:, None] + j)
+        toks = tokens.to(dev).gather(1, qn)
+        logits = drf.run(toks, pos, ws, allowed, k.tolist())
+        # back to the columns build_tree asked for
+        out = logits.new_zeros(B, n, logits.shape[-1])
+        out.scatter_(1, order[..., None].expand(B, n, logits.shape[-1]), logits)
+        return torch.where(ok[..., None], out, 0.0)
+
+    def final_slots(self, b, T) -> list[int]:
+        """Draft cache slot of each node of row b of the built (possibly packed) tree, -1 if never fed."""
+        if self.seen_ok is None:
+            out = self.slots[b, :T].tolist()
+            return out + [-1] * (T - len(out))
+        known = self.seen_ok[b].nonzero()[:, 0]
+        out = [-1] * T
+        for jj, s in enumerate(self.slots[b, known].tolist()[:T]):
+            out[jj] = s
+        return out
+
+
+class BatchDecoder:
+    """The decoding state of a batch of prompts (arguments as in :class:`rsd.generate.Decoder`)."""
+
+    def __init__(self, target, draft, method="rsd-s", config=None, budget=None, **kw):
+        self.dec = Decoder(target, draft, method, config, budget, **kw)
+        self.method, self.config, self.seed = method, self.dec.config, self.dec.seed
+        self.samp, self.backend = self.dec.samp, self.dec.backend
+        self.target = self.draft = None
+        self.roots: list[int] = []
+        self.pending: list[list[int]] = []
+        self.block = 0
+
+    @property
+    def depth(self) -> int:
+        return self.dec.depth
+
+    @property
+    def batch(self) -> int:
+        return len(self.roots)
+
+    def prefill(self, prompts) -> float:
+        tgt_ad = self.dec.target
+        ids = [_prompt_tensor(p, "cpu") for p in prompts]
+        ctx = tgt_ad.max_positions
+        for r, t in enumerate(ids):
+            if int(t.max()) >= tgt_ad.vocab_size or int(t.min()) < 0:
+                raise ValueError(f"prompt {r}: token ids must lie in [0, {tgt_ad.vocab_size})")
+            if ctx is not None and t.numel() + self.depth > ctx:
+                raise ValueError(f"prompt {r} has {t.numel()} tokens but the target's context is {ctx} tokens "
+                                 f"(max_position_embeddings): no {self.method} block fits after it")
+        t0 = time.perf_counter()
+        B = len(ids)
+        room = max(t.numel() for t in ids) + 256 + (0 if self.config is None else self.config.budget + 1)
+        self.target = BatchModel(tgt_ad, B, room)
+        self.draft = None if self.dec.draft is None else BatchModel(self.dec.draft, B, room)
+        c = [t.numel() - 1 for t in ids]
+        n = max(c)
+        if n > 0:
+            dev = tgt_ad.device
+            toks = torch.zeros(B, n, dtype=torch.long)
+            for b, t in enumerate(ids):
+                toks[b, : c[b]] = t[:-1]
+            cc = torch.tensor(c, device=dev)
+            ar = torch.arange(n, device=dev)
+            real = ar[None, :] < cc[:, None]
+            local = ((ar[None, None, :] <= ar[None, :, None]) & real[:, :, None]) | (ar[None, None, :] == ar[None, :, None])
+            zero = torch.zeros(B, dtype=torch.long, device=dev)
+            allowed = _mask(zero, zero, local.expand(B, n, n), real, n)
+            pos = ar[None, :].expand(B, n)
+            for m in (self.target, self.draft):
+                if m is not None:
+                    m.run(toks, pos, pos, allowed.to(m.device), c, logits_to_keep=1)
+        self.roots = [int(t[-1]) for t in ids]
+        self.pending = [[] for _ in ids]
+        self.block = 0
+        return time.perf_counter() - t0
+
+    def fits(self) -> list[bool]:
+        ctx = self.target.max_positions
+        return [ctx is None or L + self.depth + 1 <= ctx for L in self.target.lengths]
+
+    def drop_rows(self, keep: list[int]):
+        """Keep only the batch rows ``keep`` (indices into the current batch)."""
+        for m in (self.target, self.draft):
+            if m is not None:
+                m.cache.select_rows(keep)
+        self.roots = [self.roots[i] for i in keep]
+        self.pending = [self.pending[i] for i in keep]
+
+    def snapshot(self):
+        """A copy of the whole state (tests: many single blocks from one prefill)."""
+        caches = [None if m is None else (None if m.cache.kv is None else m.cache.kv.clone(), list(m.cache.lengths))
+                  for m in (self.target, self.draft)]
+        return caches, list(self.roots), [list(p) for p in self.pending], self.block
+
+    def restore(self, snap, *, seed=None):
+        """Go back to ``snap`` (the same rows); optionally with a new ``seed``."""
+        caches, roots, pending, block = snap
+        for m, c in zip((self.target, self.draft), caches):
+            if m is not None:
+                kv, lengths = c
+                m.cache.kv = None if kv is None else kv.clone()
+                if kv is not None:
+                    m.cache.capacity = kv.shape[4]
+                m.cache.batch = len(lengths)
+                m.cache.set_lengths(lengths)
+        self.roots, self.pending, self.block = list(roots), [list(p) for p in pending], block
+        if seed is not None:
+            from rsd_kernels import noise
+
+            noise.check_seed(seed, 0)
+            self.seed = seed
+
+    def step(self):
+        """One batched block: ``(tokens per row, accepted per row, draft calls, (draft_s, target_s,
+        verify_s, cache_s, other_s))``."""
+        if self.config is None:
+            out = self._ar_step()
+        else:
+            out = self._sd_block()
+        self.block += 1
+        return out
+
+    def _ar_step(self):
+        tgt = self.target
+        dev = tgt.device
+        t0 = time.perf_counter()
+        lens = tgt._lens()
+        B = lens.shape[0]
+        ws = lens[:, None]
+        allowed = _mask(lens + 1, lens, torch.ones(B, 1, 1, dtype=torch.bool, device=dev),
+                        torch.ones(B, 1, dtype=torch.bool, device=dev), int(lens.max()) + 1)
+        toks = torch.tensor(self.roots, dtype=torch.long)[:, None]
+        logits = tgt.run(toks, ws, ws, allowed, [1] * B, logits_to_keep=1)[:, -1]
+        t1 = time.perf_counter()
+        if self.samp["temperature"] == 0:
+            nxt = logits.argmax(-1).tolist()
+        else:
+            s = rsd_kernels.sample_without_replacement(logits, 1, **self.samp, seed=self.seed, offset=self.block,
+                                                       validate=False)
+            nxt = s.tokens[:, 0].tolist()
+        self.roots = [int(t) for t in nxt]
+        t2 = time.perf_counter()
+        return [[t] for t in self.roots], [0] * B, 0, (0.0, t1 - t0, t2 - t1, 0.0, 0.0)
+
+    def _sd_block(self):
+        tgt, drf, cfg, samp = self.target, self.draft, self.config, self.samp
+        dev = tgt.device
+        B = self.batch
+        t0 = time.perf_counter()
+        levels = _BatchDraftLevels(drf, self.pending, cfg.budget + 1)
+        root = torch.tensor(self.roots, dtype=torch.long, device=dev)
+        drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
+                                         backend=self.backend, draft_logits=samp["temperature"] > 0,
+                                         validate=False)
+        tree = drafted.tree
+        T = tree.max_nodes
+        nn = [T] * B if tree.num_nodes is None else tree.num_nodes.tolist()
+        views = [_tree_views(tree.parents[b], nn[b]) for b in range(B)]
+        anc = torch.stack([v[0] for v in views])
+        depth = torch.stack([v[1] for v in views])
+        tree.__dict__["dense_mask"] = anc
+        tree.__dict__["depth"] = depth.to(torch.int32)
+        t1 = time.perf_counter()
+        prefix = tgt._lens()
+        pos = prefix[:, None] + depth.to(dev)
+        ws = prefix[:, None] + torch.arange(T, device=dev)[None, :]
+        if tgt.ad.attention == "rsd":
+            logits = tgt.run(tree.tokens, pos, ws, None, [T] * B, rsd_tree_bits=tree.ancestor_bitmask,
+                             rsd_prefix_lens=prefix, rsd_backend=self.backend)
+        else:
+            allowed = _mask(prefix, prefix, anc.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev),
+                            int(ws.max()) + 1)
+            logits = tgt.run(tree.tokens, pos, ws, allowed, [T] * B)
+        t2 = time.perf_counter()
+        if samp["temperature"] == 0:
+            best = logits.argmax(-1)  # [B, T]
+            tok, par = tree.tokens.to(dev), tree.parents.to(dev).long()
+            ok = (tok == best.gather(1, par.clamp(min=0))) & (
+                torch.arange(T, device=dev)[None, :] < torch.tensor(nn, device=dev)[:, None])
+            ok[:, 0] = True
+            anc_d = anc.to(dev)
+            reach = ~(anc_d & ~ok[:, None, :]).any(2)
+            last = torch.where(reach, depth.to(dev), -1).argmax(1)
+            paths = [anc_d[b, int(last[b])].nonzero()[:, 0].tolist() for b in range(B)]
+            nxt = best.gather(1, last[:, None])[:, 0].tolist()
+        else:
+            res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode=cfg.verify_mode, **samp,
+                                          seed=self.seed, offset=self.block, backend=self.backend, validate=False)
+            paths = [[int(i) for i in row if i >= 0] for row in res.path.tolist()]
+            nxt = res.next_token.tolist()
+        t3 = time.perf_counter()
+        pl = prefix.tolist()
+        tgt.cache.move_tails(pl, [[pl[b] + i for i in paths[b]] for b in range(B)])
+        keeps, pendings = [], []
+        for b in range(B):
+            slots = levels.final_slots(b, T)
+            keep_d, pend = [], []
+            for i in paths[b][1:]:
+                s = slots[i]
+                if s >= 0 and not pend:
+                    keep_d.append(s)
+                else:
+                    pend.append(i)
+            keeps.append(keep_d)
+            pendings.append(pend)
+        drf.cache.move_tails((levels.root_slot + 1).tolist(), keeps)
+        t4 = time.perf_counter()
+        toks = tree.tokens.tolist()
+        out, acc = [], []
+        for b in range(B):
+            accepted = [toks[b][i] for i in paths[b][1:]]
+            self.pending[b] = [toks[b][i] for i in pendings[b]]
+            self.roots[b] = int(nxt[b])
+            out.append(accepted + [int(nxt[b])])
+            acc.append(len(accepted))
+        t5 = time.perf_counter()
+        return out, acc, drafted.draft_calls, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+
+
+def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, budget: int | None = None, *,
+                   temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                   max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
+                   backend: str = "auto", progress=None) -> BatchGenerationResult:
+    """:func:`rsd.generate` on a batch of prompts (a list of token lists, or a 2-D tensor): one tree
+    per row per block, batched forwards, ragged acceptance; arguments as in :func:`rsd.generate`
+    (``progress(num_new_tokens)`` gets the block's total over all rows)."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.dim() != 2:
+            raise ValueError(f"a batch tensor of prompts must be 2-D, got shape {tuple(prompts.shape)}")
+        prompts = list(prompts)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty: at least one prompt is needed")
+    dec = BatchDecoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, attention=attention, backend=backend)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    eos = _eos_set(eos_token_id)
+    rows = [GenerationResult([], method, dec.config, seed=dec.seed) for _ in prompts]
+    out = BatchGenerationResult(rows, method)
+    out.prefill_s = dec.prefill(prompts)
+    for r in rows:
+        r.prefill_s = out.prefill_s
+    active = list(range(len(prompts)))  # batch row -> prompt index
+    while active:
+        fits = dec.fits()
+        if not all(fits):
+            for i, f in zip(active, fits):
+                if not f:
+                    rows[i].stop_reason = "context"
+            keep = [j for j, f in enumerate(fits) if f]
+            active = [active[j] for j in keep]
+            dec.drop_rows(keep)
+            if not active:
+                break
+        out.batch_sizes.append(len(active))
+        new, acc, dcalls, times = dec.step()
+        keep, total = [], 0
+        for j, i in enumerate(active):
+            r = rows[i]
+            room = max_new_tokens - len(r.tokens)
+            toks, stop = new[j][:room], None
+            for jj, t in enumerate(toks):
+                if t in eos:
+                    toks, stop = toks[: jj + 1], "eos"
+                    break
+            r.tokens.extend(toks)
+            r.blocks.append(BlockStats(acc[j], len(toks), dcalls, 1, *times))
+            total += len(toks)
+            if stop:
+                r.stop_reason = stop
+            elif len(r.tokens) < max_new_tokens:
+                keep.append(j)
+        out.blocks.append(BlockStats(sum(acc), total, dcalls, 1, *times))
+        if progress is not None:
+            progress(total)
+        if len(keep) < len(active):
+            t0 = time.perf_counter()
+            if keep:  # (nothing to compact when every row is done)
+                dec.drop_rows(keep)
+            active = [active[j] for j in keep]
+            out.blocks[-1].cache_s += time.perf_counter() - t0
+    return out
