@@ -170,11 +170,15 @@ class DraftTree:
         p = self._parents_masked()
         B, T = p.shape
         m = torch.eye(T, dtype=torch.bool, device=self.device).expand(B, T, T).clone()
-        for i in range(1, T):
-            has = p[:, i] >= 0
-            par_row = m[torch.arange(B, device=self.device), p[:, i].clamp(min=0)]
-            m[:, i] |= par_row & has[:, None]
-        return m
+        rows = torch.arange(B, device=self.device)[:, None].expand(B, T)
+        cols = torch.arange(T, device=self.device)[None, :].expand(B, T)
+        cur = p  # one step per depth level: every node marks its ancestor at that distance
+        while True:
+            has = cur >= 0
+            if not bool(has.any()):
+                return m
+            m[rows[has], cols[has], cur[has]] = True
+            cur = torch.where(has, p.gather(1, cur.clamp(min=0)), -1)
 
     def attention_mask_4d(self, prefix_lens, total_len: int, dtype=torch.float32) -> torch.Tensor:
         """Additive ``[B, 1, T, total_len]`` mask for a ``transformers`` forward over the tree.

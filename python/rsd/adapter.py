@@ -228,28 +228,22 @@ class ModelAdapter:
         return self.forward(tokens, pos, logits_to_keep=logits_to_keep)
 
     @torch.no_grad()
-    def forward_tree(self, tree: rsd_kernels.DraftTree, *, dense_mask=None, depth=None) -> torch.Tensor:
+    def forward_tree(self, tree: rsd_kernels.DraftTree) -> torch.Tensor:
         """Verification forward over root + tree nodes: logits ``[1, T, V]``.
 
         The tree's keys are written at ``length .. length + T - 1``; positions are
-        ``length + depth``; node i sees the prefix and its ancestors-or-self. ``dense_mask
-        [T, T]`` / ``depth [T]`` may be passed when the caller already has them.
+        ``length + depth``; node i sees the prefix and its ancestors-or-self
+        (``tree.dense_mask``, or ``tree.ancestor_bitmask`` on the ``"rsd"`` path).
         """
         if tree.batch_size != 1:
             raise ValueError(f"the adapter runs batch size 1, got a tree with {tree.batch_size} rows")
         prefix, T = self.length, tree.max_nodes
-        if depth is None:
-            depth = tree.depth[0]
-        pos = (prefix + depth.to(self.device, torch.long))[None]
+        pos = tree.position_ids(prefix).to(self.device)
         if self.attention == "rsd":
             self._check_room(int(pos.max()))
             self.cache.reserve(prefix + T)
             plens = torch.tensor([prefix], dtype=torch.int64, device=self.device)
             return self._run(tree.tokens, pos, None, rsd_tree_bits=tree.ancestor_bitmask, rsd_prefix_lens=plens,
                              rsd_backend=self.kernel_backend)
-        if dense_mask is None:
-            allowed = tree_key_mask(tree.dense_mask, prefix, prefix + T)
-        else:
-            allowed = torch.ones(1, T, prefix + T, dtype=torch.bool, device=self.device)
-            allowed[0, :, prefix:] = dense_mask
+        allowed = tree_key_mask(tree.dense_mask, prefix, prefix + T)
         return self.forward(tree.tokens, pos, allowed)

@@ -38,7 +38,7 @@ import torch
 import rsd_kernels
 
 from .adapter import ModelAdapter
-from .generate import (BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _tree_views)
+from .generate import BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor
 from .kvcache import BatchKVBuffer
 
 
@@ -396,12 +396,7 @@ class BatchDecoder:
                                          validate=False)
         tree = drafted.tree
         T = tree.max_nodes
-        nn = [T] * B if tree.num_nodes is None else tree.num_nodes.tolist()
-        views = [_tree_views(tree.parents[b], nn[b]) for b in range(B)]
-        anc = torch.stack([v[0] for v in views])
-        depth = torch.stack([v[1] for v in views])
-        tree.__dict__["dense_mask"] = anc
-        tree.__dict__["depth"] = depth.to(torch.int32)
+        anc, depth = tree.dense_mask, tree.depth.long()
         t1 = time.perf_counter()
         prefix = tgt._lens()
         pos = prefix[:, None] + depth.to(dev)
@@ -414,22 +409,11 @@ class BatchDecoder:
                             int(ws.max()) + 1)
             logits = tgt.run(tree.tokens, pos, ws, allowed, [T] * B)
         t2 = time.perf_counter()
-        if samp["temperature"] == 0:
-            best = logits.argmax(-1)  # [B, T]
-            tok, par = tree.tokens.to(dev), tree.parents.to(dev).long()
-            ok = (tok == best.gather(1, par.clamp(min=0))) & (
-                torch.arange(T, device=dev)[None, :] < torch.tensor(nn, device=dev)[:, None])
-            ok[:, 0] = True
-            anc_d = anc.to(dev)
-            reach = ~(anc_d & ~ok[:, None, :]).any(2)
-            last = torch.where(reach, depth.to(dev), -1).argmax(1)
-            paths = [anc_d[b, int(last[b])].nonzero()[:, 0].tolist() for b in range(B)]
-            nxt = best.gather(1, last[:, None])[:, 0].tolist()
-        else:
-            res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode=cfg.verify_mode, **samp,
-                                          seed=self.seed, offset=self.block, backend=self.backend, validate=False)
-            paths = [[int(i) for i in row if i >= 0] for row in res.path.tolist()]
-            nxt = res.next_token.tolist()
+        greedy = samp["temperature"] == 0
+        res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode="greedy" if greedy else cfg.verify_mode,
+                                      **samp, seed=self.seed, offset=self.block, backend=self.backend, validate=False)
+        paths = [[int(i) for i in row if i >= 0] for row in res.path.tolist()]
+        nxt = res.next_token.tolist()
         t3 = time.perf_counter()
         pl = prefix.tolist()
         tgt.cache.move_tails(pl, [[pl[b] + i for i in paths[b]] for b in range(B)])

@@ -11,8 +11,8 @@ One **block** of a speculative method:
 
 Only model forwards grow with the context: the caches are preallocated and written in place,
 chains and single tokens run without a mask, the tree mask is built with tensor ops from the
-tree's ancestor rows, greedy verification is one batched argmax compare, and the output head
-runs only on the rows that are used. :class:`BlockStats` splits each block's wall time into
+tree's ancestor rows (``DraftTree.dense_mask``), greedy verification is ``verify_tree``'s
+vectorised greedy mode (the longest matching path), and the output head runs only on the rows that are used. :class:`BlockStats` splits each block's wall time into
 draft (tree building), target (verification forward), verify, cache and other.
 
 Cache invariant between blocks: the target cache holds every committed token except the
@@ -355,53 +355,12 @@ def _ar_step(tgt, state, samp, seed, block):
     return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, t2 - t1)
 
 
-def _tree_views(parents: torch.Tensor, num_nodes: int):
-    """``(ancestor-or-self [T, T] bool, depth [T] int64)`` of one tree row, one tensor step per
-    depth level (no per-node loop). Padding nodes (``>= num_nodes``) see only themselves."""
-    T = parents.shape[0]
-    dev = parents.device
-    par = parents.long()
-    ar = torch.arange(T, device=dev)
-    anc = torch.eye(T, dtype=torch.bool, device=dev)
-    cur = torch.where(ar < num_nodes, par, -1)
-    while True:
-        has = cur >= 0
-        if not bool(has.any()):
-            break
-        anc[ar[has], cur[has]] = True
-        cur = torch.where(has, par[cur.clamp(min=0)], -1)
-    depth = anc.sum(1) - 1
-    return anc, depth
-
-
-def _greedy_verify(target_logits, tree, anc, depth):
-    """Greedy verification as one batched compare: a node is accepted iff its token and every
-    ancestor's token is the target's argmax at its parent; the deepest such node (lowest index
-    among equals) ends the path. Returns ``(path node list, next token)``."""
-    best = target_logits[0].argmax(-1)  # [T]
-    tok, par = tree.tokens[0], tree.parents[0].long()
-    T = tok.shape[0]
-    ok = (tok == best[par.clamp(min=0)]) & (torch.arange(T, device=tok.device) < tree.num_nodes[0])
-    ok[0] = True
-    reach = ~(anc & ~ok[None, :]).any(1)
-    last = int(torch.where(reach, depth, -1).argmax())
-    path = anc[last].nonzero()[:, 0].tolist()
-    return path, int(best[last])
-
-
-def _prime_tree(tree, anc, depth):
-    """Hand the tree the views computed here so its cached properties (max_depth, the bitmask of
-    the "rsd" attention path) skip their per-node loops."""
-    tree.__dict__["dense_mask"] = anc[None]
-    tree.__dict__["depth"] = depth.to(torch.int32)[None]
-
-
-def _verify(target_logits, drafted, tree, anc, depth, cfg, samp, seed, block, backend):
+def _verify(target_logits, drafted, cfg, samp, seed, block, backend):
     """The accepted path (tree node indices from the root) and the next token."""
-    if samp["temperature"] == 0:
-        return _greedy_verify(target_logits, tree, anc, depth)
-    res = rsd_kernels.verify_tree(target_logits, drafted.draft_logits, tree, mode=cfg.verify_mode, **samp, seed=seed,
-                                  offset=block, backend=backend, validate=False)
+    greedy = samp["temperature"] == 0
+    res = rsd_kernels.verify_tree(target_logits, drafted.draft_logits, drafted.tree,
+                                  mode="greedy" if greedy else cfg.verify_mode, **samp, seed=seed, offset=block,
+                                  backend=backend, validate=False)
     return [int(i) for i in res.path[0].tolist() if i >= 0], int(res.next_token[0])
 
 
@@ -414,14 +373,11 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
     drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
                                      draft_logits=samp["temperature"] > 0, validate=False)
     tree = drafted.tree
-    n_real = tree.max_nodes if tree.num_nodes is None else int(tree.num_nodes[0])
-    anc, depth = _tree_views(tree.parents[0], n_real)
-    _prime_tree(tree, anc, depth)
     t1 = time.perf_counter()
     prefix = tgt.length
-    target_logits = tgt.forward_tree(tree, dense_mask=anc, depth=depth)
+    target_logits = tgt.forward_tree(tree)
     t2 = time.perf_counter()
-    path, nxt = _verify(target_logits, drafted, tree, anc, depth, cfg, samp, seed, block, backend)
+    path, nxt = _verify(target_logits, drafted, cfg, samp, seed, block, backend)
     t3 = time.perf_counter()
     # compaction: the target keeps prefix + path (the root included); the draft what it has of the path
     tgt.keep_path(prefix, path)
