@@ -23,10 +23,36 @@ from transformers import Cache
 MIN_CAPACITY = 256
 
 
-class KVBuffer(Cache):
-    """Preallocated, in-place KV cache for ``num_layers`` full-attention layers (batch size 1)."""
+class _BufferCache(Cache):
+    """The ``transformers`` :class:`~transformers.Cache` interface shared by both buffers: sizes
+    for ``masking_utils`` from :meth:`get_seq_length`, full attention in every layer, not
+    compileable (so single-token steps need no mask)."""
 
     is_compileable = False
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return self.get_seq_length()
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return -1
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.num_layers
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.kv is not None
+
+    def __len__(self):
+        return self.num_layers
+
+
+class KVBuffer(_BufferCache):
+    """Preallocated, in-place KV cache for ``num_layers`` full-attention layers (batch size 1)."""
 
     def __init__(self, num_layers: int, capacity: int = MIN_CAPACITY):
         super().__init__(layers=[])
@@ -55,26 +81,6 @@ class KVBuffer(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
-
-    def get_query_offset(self, layer_idx: int = 0) -> int:
-        return self.length
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return self.length + query_length, 0
-
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return -1
-
-    @property
-    def is_sliding(self) -> list[bool]:
-        return [False] * self.num_layers
-
-    @property
-    def is_initialized(self) -> bool:
-        return self.kv is not None
-
-    def __len__(self):
-        return self.num_layers
 
     # ---- the decoding loop's operations ---------------------------------------------
     def _grow(self, need: int):
@@ -155,7 +161,7 @@ class KVBuffer(Cache):
         return layer[0, :, : self.length].unsqueeze(0), layer[1, :, : self.length].unsqueeze(0)
 
 
-class BatchKVBuffer(Cache):
+class BatchKVBuffer(_BufferCache):
     """Preallocated, in-place KV cache for a batch of rows of different lengths.
 
     One tensor ``kv [layers, 2, B, Hkv, capacity, D]`` (zero-initialised, so that slots a row
@@ -170,8 +176,6 @@ class BatchKVBuffer(Cache):
     :meth:`move_tails` compacts every row in one gather/scatter over all layers;
     :meth:`select_rows` drops finished rows (compacting the batch dimension).
     """
-
-    is_compileable = False
 
     def __init__(self, num_layers: int, batch: int, capacity: int = MIN_CAPACITY):
         super().__init__(layers=[])
@@ -213,26 +217,6 @@ class BatchKVBuffer(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.lengths) if self.lengths else 0
-
-    def get_query_offset(self, layer_idx: int = 0) -> int:
-        return self.get_seq_length()
-
-    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
-        return -1
-
-    @property
-    def is_sliding(self) -> list[bool]:
-        return [False] * self.num_layers
-
-    @property
-    def is_initialized(self) -> bool:
-        return self.kv is not None
-
-    def __len__(self):
-        return self.num_layers
 
     # ---- the batched loop's operations ---------------------------------------------
     def _grow(self, need: int):
