@@ -160,14 +160,7 @@ def run(args) -> int:
     if texts is not None:
         return run_batch(args, tgt, drf, texts, method, cfg)
     ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
-    common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                  max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
-                  attention=args.attention, backend=args.backend)
-    from .adapter import ModelAdapter
-
-    target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
-    draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
-                                                          else "sdpa", kernel_backend=args.backend)
+    common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)
     warm = dict(common, max_new_tokens=2)
     generate(target_adapter, draft_adapter, ids, method, cfg, **warm)  # untimed warm-up
     if draft_adapter is not None and not args.no_baseline:
@@ -192,18 +185,26 @@ def run(args) -> int:
     return 0
 
 
-def run_batch(args, tgt, drf, texts, method, cfg) -> int:
-    """``--prompts-file``: one batched run (and the batched target-only baseline)."""
+def _loop_setup(args, tgt, drf):
+    """The generate() keyword arguments of the command line and both models' adapters (the draft's
+    forwards take SDPA unless the eager path is asked for)."""
     from .adapter import ModelAdapter
-    from .generate import generate
 
-    batch = [prompt_ids(tgt.tokenizer, t, not args.no_chat_template) for t in texts]
     common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
                   attention=args.attention, backend=args.backend)
     target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
     draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
                                                           else "sdpa", kernel_backend=args.backend)
+    return common, target_adapter, draft_adapter
+
+
+def run_batch(args, tgt, drf, texts, method, cfg) -> int:
+    """``--prompts-file``: one batched run (and the batched target-only baseline)."""
+    from .generate import generate
+
+    batch = [prompt_ids(tgt.tokenizer, t, not args.no_chat_template) for t in texts]
+    common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)
     run_ar = not args.no_baseline and method != "ar"
     warm = dict(common, max_new_tokens=2)
     generate(target_adapter, draft_adapter, [batch[0]], method, cfg, **warm)  # untimed warm-up
