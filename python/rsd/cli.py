@@ -6,7 +6,7 @@ summary (block efficiency, tokens/s, speed-up over the target alone measured in 
 Subcommands are plug-ins: :data:`SUBCOMMANDS` lists ``(module, names, description)``; each
 module has ``add_parser(subparsers)`` (registering the subparsers ``names``) and
 ``run(args) -> int``. A module that cannot be imported keeps its names, marked unavailable in
-``rsd --help``; calling one prints the import error and exits with status 2. ``train-draft`` forwards its arguments to ``rsd.draft.train.main(argv)``.
+``rsd --help``; calling one prints the import error and exits with status 2. ``train-draft`` and ``train-eagle`` forward their arguments to ``rsd.draft.train.main(argv)`` and ``rsd.draft.train_eagle.main(argv)``.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ import sys
 SUBCOMMANDS = [
     ("rsd.cli_generate", ("generate",), "generate text with speculative decoding"),
     ("rsd.eval.cli", ("eval", "plot"), "evaluation grid and the seed figure"),
-    ("rsd.cli_train_draft", ("train-draft",), "train the embedded draft"),
-    ("rsd.cli_train_eagle", ("train-eagle",), "train the EAGLE-style (feature-level) draft"),
+    ("rsd.cli_train", ("train-draft", "train-eagle"), "train the embedded draft / the EAGLE-style draft"),
 ]
 
 
