@@ -130,7 +130,44 @@ class ModelAdapter:
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         self.num_layers = int(getattr(tm.config, "num_hidden_layers", 0) or model.config.num_hidden_layers)
         self._rows_kw = _accepts(model.forward, "logits_to_keep")
+        self.features = None  # [1, n, H] of the last forward when feature capture is on (see enable_features)
+        self._capture = False
+        self._hook = None
         self.reset()
+
+    def enable_features(self):
+        """Make every forward also leave the model's last hidden states (after its final norm: what
+        the LM head reads, the feature an EAGLE draft consumes) in :attr:`features` ``[1, n, H]``.
+
+        A model whose output carries ``.features`` (an EAGLE draft's predicted features) is read
+        directly; otherwise a forward hook on the final norm keeps a reference to its output (no
+        copy, no second forward, no per-layer hidden states). Idempotent.
+        """
+        if self._capture:
+            return self
+        self._capture = True
+        if self._feature_from_output():
+            return self
+        norm = None
+        for owner in (self._tmodel, getattr(self._tmodel, "model", None)):
+            if owner is not None and isinstance(getattr(owner, "norm", None), torch.nn.Module):
+                norm = owner.norm
+                break
+        if norm is None:
+            raise ValueError(f"{type(self.model).__name__}: no final norm (.model.norm) to read the last hidden "
+                             "states from")
+
+        def hook(_module, _inputs, output):
+            if self._capturing:
+                self.features = output
+        self._capturing = False
+        self._hook = norm.register_forward_hook(hook)
+        return self
+
+    def _feature_from_output(self) -> bool:
+        from .draft.eagle import EagleDraft
+
+        return isinstance(self.model, EagleDraft)
 
     def _set_impl(self):
         """(Re)apply this adapter's attention implementation (another adapter or user may share the module)."""
@@ -185,8 +222,16 @@ class ModelAdapter:
         self._set_impl()
         if logits_to_keep and self._rows_kw:
             extra["logits_to_keep"] = logits_to_keep
-        out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, **extra)
+        if self._hook is not None:
+            self._capturing = True
+        try:
+            out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=position_ids,
+                             past_key_values=self.cache, use_cache=True, **extra)
+        finally:
+            if self._hook is not None:
+                self._capturing = False
+        if self._capture and self._hook is None:
+            self.features = out.features
         self.cache.advance(n)
         logits = out.logits
         if logits_to_keep and logits.shape[1] != logits_to_keep:
@@ -222,10 +267,10 @@ class ModelAdapter:
         mask = None if allowed is None else self._mask(allowed)
         return self._run(tokens, position_ids.to(self.device), mask, logits_to_keep, **extra)
 
-    def forward_chain(self, tokens: torch.Tensor, logits_to_keep: int = 0) -> torch.Tensor:
+    def forward_chain(self, tokens: torch.Tensor, logits_to_keep: int = 0, **extra) -> torch.Tensor:
         """Append a causal chain ``tokens [1, n]`` right after the cached prefix."""
         pos = torch.arange(self.length, self.length + tokens.shape[1], device=self.device)[None]
-        return self.forward(tokens, pos, logits_to_keep=logits_to_keep)
+        return self.forward(tokens, pos, logits_to_keep=logits_to_keep, **extra)
 
     @torch.no_grad()
     def forward_tree(self, tree: rsd_kernels.DraftTree) -> torch.Tensor:

@@ -263,6 +263,11 @@ class BatchDecoder:
     """The decoding state of a batch of prompts (arguments as in :class:`rsd.generate.Decoder`)."""
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, **kw):
+        from .generate import is_eagle
+
+        if draft is not None and is_eagle(draft):
+            raise ValueError("the batched loop does not support an EAGLE feature-level draft yet: decode the "
+                             "prompts one at a time (rsd.generate with one prompt) or use another draft")
         self.dec = Decoder(target, draft, method, config, budget, **kw)
         self.method, self.config, self.seed = method, self.dec.config, self.dec.seed
         self.samp, self.backend = self.dec.samp, self.dec.backend

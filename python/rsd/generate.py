@@ -201,6 +201,13 @@ class Decoder:
             if self.draft.vocab_size != self.target.vocab_size:
                 raise ValueError(f"draft vocabulary ({self.draft.vocab_size}) differs from the target's "
                                  f"({self.target.vocab_size})")
+        self.eagle = self.draft is not None and is_eagle(self.draft.model)
+        if self.eagle:  # the target's verification forward (and prefill) also leaves its last hidden states
+            ht, hd = self.target.model.config.hidden_size, self.draft.model.config.hidden_size
+            if ht != hd:
+                raise ValueError(f"EAGLE draft width ({hd}) differs from the target's hidden size ({ht})")
+            self.target.enable_features()
+            self.draft.enable_features()
         self.state = None
         self.block = 0
 
@@ -221,6 +228,10 @@ class Decoder:
                              f"(max_position_embeddings): no {self.method} block fits after it")
         t0 = time.perf_counter()
         room = ids.numel() + 256 + (0 if self.config is None else self.config.budget + 1)
+        if self.eagle:
+            self.state = _eagle_prefill(tgt, self.draft, ids, room)
+            self.block = 0
+            return time.perf_counter() - t0
         for m in (tgt, self.draft):
             if m is not None:
                 m.reset(room)
@@ -242,14 +253,15 @@ class Decoder:
         if self.config is None:
             out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
         else:
-            out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
-                            self.backend)
+            block = _eagle_block if self.eagle else _sd_block
+            out = block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
+                        self.backend)
         self.block += 1
         return out
 
     def snapshot(self):
         return (self.target.snapshot(), None if self.draft is None else self.draft.snapshot(),
-                _LoopState(self.state.root, list(self.state.pending)), self.block)
+                _LoopState(self.state.root, list(self.state.pending), self.state.feats), self.block)
 
     def restore(self, snap, *, seed=None):
         """Go back to ``snap``; optionally with a new ``seed`` (repeated runs of one block)."""
@@ -257,7 +269,7 @@ class Decoder:
         self.target.restore(t)
         if d is not None:
             self.draft.restore(d)
-        self.state, self.block = _LoopState(st.root, list(st.pending)), block
+        self.state, self.block = _LoopState(st.root, list(st.pending), st.feats), block
         if seed is not None:
             noise.check_seed(seed, 0)
             self.seed = seed
@@ -339,6 +351,8 @@ def _eos_set(eos_token_id):
 class _LoopState:
     root: int  # the last committed token: in no cache yet
     pending: list[int]  # committed tokens before the root that the draft cache lacks
+    # EAGLE draft only: [len(pending) + 1, H] the target feature of each token's predecessor, for pending + [root]
+    feats: torch.Tensor | None = None
 
 
 def _ar_step(tgt, state, samp, seed, block):
@@ -399,6 +413,13 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
                                         t4 - t3, t5 - t4)
 
 
+def is_eagle(model) -> bool:
+    """Whether ``model`` (or the model of an adapter) is an EAGLE feature-level draft."""
+    from .draft.eagle import EagleDraft
+
+    return isinstance(getattr(model, "model", None) if isinstance(model, ModelAdapter) else model, EagleDraft)
+
+
 class _DraftLevels:
     """The ``draft_fn`` of :func:`rsd_kernels.build_tree` over the draft adapter's cache.
 
@@ -427,7 +448,7 @@ class _DraftLevels:
                 chain = torch.tensor([self.pending + [int(tokens[0, 0])]], dtype=torch.long, device=drf.device)
             else:
                 chain = tokens[:, :1].to(drf.device)
-            logits = drf.forward_chain(chain, logits_to_keep=1)
+            logits = self._feed_chain(chain)
             self.root_slot = drf.length - 1
             self.slots[0] = self.root_slot
             return logits
@@ -452,12 +473,20 @@ class _DraftLevels:
         allowed = torch.ones(1, k, base + k, dtype=torch.bool, device=drf.device)
         allowed[0, :, self.root_slot + 1:] = self.anc[idx][:, order]
         pos = (self.root_slot + self.depth[idx])[None]
-        logits = drf.forward(tokens[:, idx.to(tokens.device)], pos, allowed)
+        logits = self._feed_level(tokens[:, idx.to(tokens.device)], pos, allowed, idx, par)
         if full:
             return logits
         out = logits.new_zeros(1, nd.shape[0], logits.shape[-1])
         out[0, ok] = logits[0]
         return out
+
+    def _feed_chain(self, chain):
+        """Level 0: ``pending + [root]`` as a causal chain; the root's logits ``[1, 1, V]``."""
+        return self.drf.forward_chain(chain, logits_to_keep=1)
+
+    def _feed_level(self, toks, pos, allowed, idx, par):
+        """Level > 0: the nodes ``idx`` (parents ``par``) in one forward; their logits ``[1, k, V]``."""
+        return self.drf.forward(toks, pos, allowed)
 
     def final_slots(self, T) -> list[int]:
         """Draft cache slot of each node of the built (possibly packed) tree, -1 if never fed."""
@@ -469,3 +498,87 @@ class _DraftLevels:
         for j, s in enumerate(self.slots[known].tolist()[:T]):
             out[j] = s
         return out
+
+
+# ------------------------------------------------------------------------- EAGLE feature-level draft
+# Feature flow (rsd.draft.eagle's loop API). F(t) = the target's last hidden state (after its final
+# norm) at position t, read from the target's own forwards (ModelAdapter.enable_features: a hook on
+# the final norm). The draft's input at position t is (x_t, F(t-1)).
+#
+# Invariant between blocks: the draft cache holds x_0 .. x_{m-1} fed with target features only
+# (F(t-1); zeros for t = 0); ``state.pending + [state.root]`` are the committed tokens it lacks and
+# ``state.feats`` their predecessors' target features. A block:
+#   level 0   feeds pending + [root] with state.feats (one causal chain): q at the root, f^(root);
+#   level l   feeds the level's nodes, each with its parent's predicted feature f^(parent);
+#   verify    the target's tree forward also gives F at the root and at every node;
+#   after     the draft cache is cropped to the root (dropping every entry computed from a
+#             predicted feature); the accepted path a_1..a_k and the next token y become
+#             pending + root, with features [F(root), F(a_1), .., F(a_k)].
+# The q handed to build_tree at each node is the distribution its children are drawn from and the
+# one verification reads, so every method stays exact whatever the features are.
+
+def _eagle_prefill(tgt, drf, ids, room):
+    """Both caches over the prompt but its last token; the loop state with the root's feature."""
+    for m in (tgt, drf):
+        m.reset(room)
+    H = drf.model.config.hidden_size
+    n = ids.numel()
+    if n == 1:
+        return _LoopState(root=int(ids[0]), pending=[], feats=torch.zeros(1, H, device=drf.device))
+    tgt.forward_chain(ids[None, :-1], logits_to_keep=1)
+    F = tgt.features[0]  # [n - 1, H]: F(0) .. F(n - 2)
+    prev = torch.cat([F.new_zeros(1, H), F], 0)  # predecessor features of x_0 .. x_{n-1}
+    drf.forward_chain(ids[None, :-1], logits_to_keep=1, features=prev[None, :-1])
+    return _LoopState(root=int(ids[-1]), pending=[], feats=prev[-1:].clone())
+
+
+class _EagleLevels(_DraftLevels):
+    """:class:`_DraftLevels` for an EAGLE draft: level 0 feeds pending + root with their target
+    features, a node of level l > 0 its parent's predicted feature (``pred``, indexed by node)."""
+
+    def __init__(self, drf, pending, feats, max_nodes):
+        super().__init__(drf, pending, max_nodes)
+        self.feats = feats
+        self.pred = None
+
+    def _feed_chain(self, chain):
+        drf = self.drf
+        logits = drf.forward_chain(chain, logits_to_keep=1, features=self.feats[None])
+        f = drf.features[0]
+        self.pred = f.new_zeros(self.anc.shape[0], f.shape[-1])
+        self.pred[0] = f[-1]
+        return logits
+
+    def _feed_level(self, toks, pos, allowed, idx, par):
+        drf = self.drf
+        logits = drf.forward(toks, pos, allowed, features=self.pred[par][None])
+        self.pred[idx] = drf.features[0]
+        return logits
+
+
+def _eagle_block(tgt, drf, cfg, state, samp, seed, block, backend):
+    """One block with an EAGLE draft (see the comment above); updates both caches and ``state``."""
+    dev = tgt.device
+    t0 = time.perf_counter()
+    levels = _EagleLevels(drf, state.pending, state.feats, cfg.budget + 1)
+    root = torch.tensor([state.root], dtype=torch.long, device=dev)
+    drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
+                                     draft_logits=samp["temperature"] > 0, validate=False)
+    tree = drafted.tree
+    t1 = time.perf_counter()
+    prefix = tgt.length
+    target_logits = tgt.forward_tree(tree)
+    F = tgt.features[0]  # [T, H]: the target's features at root + tree nodes
+    t2 = time.perf_counter()
+    path, nxt = _verify(target_logits, drafted, cfg, samp, seed, block, backend)
+    t3 = time.perf_counter()
+    tgt.keep_path(prefix, path)
+    drf.crop(levels.root_slot + 1)  # committed prefix + root: target-featured entries only
+    t4 = time.perf_counter()
+    toks = tree.tokens[0].tolist()
+    accepted = [toks[i] for i in path[1:]]
+    state.pending, state.root = accepted, nxt
+    state.feats = F[torch.tensor(path, device=F.device)].to(drf.dtype)
+    t5 = time.perf_counter()
+    return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2,
+                                        t4 - t3, t5 - t4)

