@@ -91,3 +91,17 @@ def test_rejects_bad_inputs():
         M.token_rate_ci([1], [1.0], [0], [1.0])
     with pytest.raises(ValueError, match="differ in length"):
         M.token_rate_ci([1], [1.0], [1, 1], [1.0, 1.0])
+
+
+def test_runner_intervals_of_a_record():
+    from rsd.eval.runner import confidence_intervals
+
+    s = {"tokens_per_item": [2, 6], "target_calls_per_item": [1, 1], "wall_s_per_item": [1.0, 1.0]}
+    ar = {"tokens_per_item": [1, 3], "wall_s_per_item": [1.0, 1.0]}
+    ci = confidence_intervals(s, ar, 4.0, 2.0)
+    assert ci == {"block_efficiency_ci": [2.0, 6.0], "mbsu_ci": [1.0, 3.0], "token_rate_ci": [2.0, 2.0]}
+    # an autoregressive record of an older file has no per-item times: no token-rate interval
+    assert confidence_intervals(s, {"tokens_per_item": [1, 3]}, 4.0, 2.0)["token_rate_ci"] is None
+    # no verification call at all: no block-efficiency (nor MBSU) interval
+    none = confidence_intervals({**s, "target_calls_per_item": [0, 0]}, ar, float("nan"), float("nan"))
+    assert none["block_efficiency_ci"] is None and none["mbsu_ci"] is None
