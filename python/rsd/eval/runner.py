@@ -14,7 +14,8 @@ For one target/draft pair and each data set, :func:`run_grid` runs
 Per configuration it records pooled block efficiency, MBSU (with the parameter ratio used),
 token rate, task score and accuracy, and the wall-time split (prefill / draft / target /
 verify); for block efficiency, MBSU and token rate also a 95% bootstrap confidence interval over
-items (``*_ci``, :func:`rsd.eval.metrics.bootstrap_ci`) from the per-item counts it keeps. Timing: token rate = (generated tokens / wall seconds including the prefill) over the
+items (``*_ci``, :func:`rsd.eval.metrics.bootstrap_ci`) from the per-item counts it keeps.
+Timing: token rate = (generated tokens / wall seconds including the prefill) over the
 same for ``ar``; one warm-up generation per data set precedes the timed runs.
 
 Results are one JSON file, rewritten atomically after every configuration; a rerun with the
