@@ -6,6 +6,7 @@ import math
 import pytest
 
 from eval_tiny_pair import save_tiny_pair
+from rsd.eval import metrics as M
 from rsd.eval.runner import EvalSettings, grid_configs, load_or_new_results
 
 
@@ -52,6 +53,13 @@ def test_eval_quick_end_to_end_and_resume(pair, tmp_path, capsys):
         assert x["block_efficiency"] == pytest.approx(x["tokens"] / x["target_calls"])
         assert 1.0 <= x["block_efficiency"] <= x["depth"] + 1
         assert x["mbsu"] == pytest.approx(x["block_efficiency"] / (1 + r * x["depth"]))
+        # bootstrap intervals over the 2 items, from the per-item counts the record keeps
+        assert sum(x["target_calls_per_item"]) == x["target_calls"] and len(x["wall_s_per_item"]) == 2
+        assert x["block_efficiency_ci"] == M.block_efficiency_ci(x["tokens_per_item"], x["target_calls_per_item"])
+        for f in ("block_efficiency", "mbsu", "token_rate"):
+            lo, hi = x[f + "_ci"]
+            assert lo <= x[f] * (1 + 1e-12) and x[f] <= hi * (1 + 1e-12), (f, x)
+        assert x["mbsu_ci"] == pytest.approx([v * x["mbsu"] / x["block_efficiency"] for v in x["block_efficiency_ci"]])
         assert x["draft_calls"] == x["target_calls"] * x["depth"]
         assert math.isfinite(x["token_rate"]) and x["token_rate"] > 0
         assert math.isfinite(x["accuracy"]) or x["score"] == 0
@@ -60,6 +68,7 @@ def test_eval_quick_end_to_end_and_resume(pair, tmp_path, capsys):
         assert sum(split.values()) == pytest.approx(x["wall_s"], rel=1e-6)
     assert {(a["dataset"], a["method"]) for a in res["ar"]} == {
         (d, k) for d in ("wmt", "xsum", "dolly") for k in ("ar", "ar_repeat")}
+    assert res["ci"] == {"kind": "percentile bootstrap over items", "level": 0.95, "resamples": 1000, "seed": 0}
     peer = res["peer"]
     assert len(peer) == 3 * 2 and all(p["available"] for p in peer), peer
     assert all(p["token_rate"] > 0 and p["num_assistant_tokens"] == p["budget"] for p in peer)

@@ -55,3 +55,28 @@ def test_seed_styles():
 def test_plot_rejects_empty(tmp_path):
     with pytest.raises(ValueError, match="no finished"):
         P.plot_results({"runs": []}, str(tmp_path / "x"))
+
+
+def test_plot_draws_intervals_where_runs_have_them(tmp_path, monkeypatch):
+    """Runs with ``*_ci`` get error bars (block efficiency, MBSU, token rate; not accuracy);
+    runs without (older files) plot without bars."""
+    from matplotlib.axes import Axes
+
+    with_ci = json.loads(json.dumps(RESULTS))
+    for run in with_ci["runs"]:
+        if run["dataset"] == "wmt" and run["method"] == "rsd-s":
+            for f in ("block_efficiency", "mbsu", "token_rate"):
+                run[f + "_ci"] = [run[f] - 0.1, run[f] + 0.2]
+    with_ci["runs"][0]["block_efficiency_ci"] = None  # an interval that could not be computed
+    assert P.interval(with_ci["runs"][8], "mbsu") == pytest.approx((2.6 / 1.1 - 0.1, 2.6 / 1.1 + 0.2))
+    assert P.interval(with_ci["runs"][0], "block_efficiency") is None and P.interval(with_ci["runs"][0], "mbsu") is None
+    assert P.interval({"mbsu_ci": [1.0, float("nan")]}, "mbsu") is None
+    drawn = []
+    real = Axes.errorbar
+    monkeypatch.setattr(Axes, "errorbar", lambda ax, x, y, **kw: drawn.append((list(x), list(y), kw["yerr"]))
+                        or real(ax, x, y, **kw))
+    assert P.plot_results(with_ci, str(tmp_path / "ci"))
+    assert len(drawn) == 3  # one per panel with intervals: RSD-S on WMT, budgets 6 and 10
+    assert drawn[0][0] == [6, 10] and drawn[0][2] == [pytest.approx([0.1, 0.1]), pytest.approx([0.2, 0.2])]
+    drawn.clear()
+    assert P.plot_results(RESULTS, str(tmp_path / "no_ci")) and drawn == []

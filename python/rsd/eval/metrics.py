@@ -3,6 +3,8 @@
 * :func:`block_efficiency` tau = generated tokens / target verification calls, pooled over
   a data set (sum of tokens over sum of calls, not a mean of per-prompt ratios); the
   prompt's prefill call is not a verification call and is not counted.
+  :func:`block_efficiency_ci` is its percentile bootstrap confidence interval over items
+  (:func:`bootstrap_ci`), :func:`token_rate_ci` the same for token rate.
 * :func:`mbsu` = tau / (1 + r * L), r = draft parameters / target parameters, L = the
   sequential draft calls per block.
 * :func:`token_rate` = (tokens / second of the method) / (tokens / second of target-only
@@ -14,7 +16,14 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+# the bootstrap of the confidence intervals: fixed, so a results file is reproducible
+CI_LEVEL = 0.95
+CI_RESAMPLES = 1000
+CI_SEED = 0
 
 
 def _nonneg_int(name, value):
@@ -50,6 +59,50 @@ def block_efficiency(generated_tokens: Iterable[int], target_calls: Iterable[int
     return sum(toks) / total_calls
 
 
+def bootstrap_ci(columns: Sequence[Sequence[float]], statistic: Callable, *, level: float = CI_LEVEL,
+                 resamples: int = CI_RESAMPLES, seed: int = CI_SEED) -> list[float]:
+    """Percentile bootstrap interval ``[lo, hi]`` over items of a statistic of column sums.
+
+    ``columns[k][i]`` is item ``i``'s value in column ``k`` (e.g. its tokens and its target
+    calls). Each of ``resamples`` resamples draws ``n`` items with replacement (numpy
+    ``default_rng(seed)``, so the interval is deterministic), sums every column over the drawn
+    items (an item's values stay together: the pairing is kept) and evaluates
+    ``statistic(*sums)``, vectorized over the resamples (each sum an array of ``resamples``).
+    The interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the finite
+    values (a resample whose denominator sums to 0 gives no value and is left out).
+    """
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise ValueError(f"resamples must be a positive int, got {resamples!r}")
+    _nonneg_int("seed", seed)
+    cols = [np.asarray(c, dtype=np.float64) for c in columns]
+    if not cols or any(c.ndim != 1 for c in cols):
+        raise ValueError("columns must be a non-empty list of 1-D per-item sequences")
+    n = len(cols[0])
+    if n == 0:
+        raise ValueError("columns hold no items")
+    if any(len(c) != n for c in cols):
+        raise ValueError(f"columns differ in length ({[len(c) for c in cols]})")
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = np.asarray(statistic(*(c[idx].sum(axis=1) for c in cols)), dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("statistic is not finite on any resample")
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def block_efficiency_ci(generated_tokens: Iterable[int], target_calls: Iterable[int], **kw) -> list[float]:
+    """Bootstrap interval over prompts of the pooled :func:`block_efficiency`: each resample
+    recomputes ``sum(tokens) / sum(calls)`` over prompts drawn with replacement. ``kw``:
+    ``level``, ``resamples``, ``seed`` of :func:`bootstrap_ci`."""
+    toks, calls = list(generated_tokens), list(target_calls)
+    block_efficiency(toks, calls)  # the same checks of the inputs
+    return bootstrap_ci([toks, calls], np.divide, **kw)
+
+
 def mbsu(tau: float, param_ratio: float, depth: int) -> float:
     """Memory-bound speed-up ``tau / (1 + param_ratio * depth)``."""
     _positive("tau", tau)
@@ -75,6 +128,23 @@ def token_rate(tokens: int, seconds: float, ar_tokens: int, ar_seconds: float) -
     if ar == 0:
         raise ValueError("ar_tokens is 0: the autoregressive baseline generated nothing")
     return tokens_per_second(tokens, seconds) / ar
+
+
+def token_rate_ci(tokens: Sequence[int], seconds: Sequence[float], ar_tokens: Sequence[int],
+                  ar_seconds: Sequence[float], **kw) -> list[float]:
+    """Bootstrap interval over prompts of :func:`token_rate` from per-prompt tokens and wall
+    seconds of the method and of autoregressive decoding on the same prompts: a resample draws
+    prompts and takes both runs' values of each drawn prompt (paired)."""
+    cols = [list(tokens), list(seconds), list(ar_tokens), list(ar_seconds)]
+    names = ("tokens", "seconds", "ar_tokens", "ar_seconds")
+    if len({len(c) for c in cols}) != 1:
+        raise ValueError(f"tokens, seconds, ar_tokens and ar_seconds differ in length ({[len(c) for c in cols]})")
+    for name, col in zip(names, cols):
+        for i, v in enumerate(col):
+            (_nonneg_int if "tokens" in name else _positive)(f"{name}[{i}]", v)
+    if cols[2] and sum(cols[2]) == 0:
+        raise ValueError("ar_tokens is 0: the autoregressive baseline generated nothing")
+    return bootstrap_ci(cols, lambda t, s, at, as_: (t / s) / (at / as_), **kw)
 
 
 def _texts(name, texts):

@@ -10,12 +10,17 @@ the peer baseline (Hugging Face assisted generation) where the results have it, 
 line, and the target-only autoregressive rate 1.0 as a thin reference line. The accuracy
 column shows, as a grey dashed line, the accuracy of a second autoregressive pass with other
 seeds (``ar_repeat``): how far from 1.0 an exact method can land by sampling noise alone.
+Points whose run has a confidence interval (``block_efficiency_ci``, ``mbsu_ci``,
+``token_rate_ci``: bootstrap over items, written by ``rsd eval``) carry it as an error bar in the
+method's colour; results without them (older files) plot without bars.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+
+from .metrics import CI_LEVEL
 
 METHOD_STYLES = {  # method -> (label, matplotlib kwargs), the seed's legend
     "sd": ("SD", dict(color="tab:orange", linestyle=":", marker="x")),
@@ -24,6 +29,7 @@ METHOD_STYLES = {  # method -> (label, matplotlib kwargs), the seed's legend
     "rsd-s": ("RSD-S (ours)", dict(color="tab:blue", linestyle="-", marker="o", markersize=5)),
 }
 PEER_STYLE = ("HF assisted (peer)", dict(color="tab:gray", linestyle=(0, (1, 1)), marker="s", markersize=4))
+CI_STYLE = (f"{CI_LEVEL:.0%} CI (bootstrap over items)", dict(color="0.3", marker="|", markersize=9, linestyle="none"))
 NOISE_STYLE = ("AR with other seeds (noise)", dict(color="0.55", linestyle=(0, (4, 2)), linewidth=0.9))
 COLUMNS = (("block_efficiency", "block efficiency"), ("mbsu", "MBSU"), ("token_rate", "token rate"),
            ("accuracy", "accuracy"))
@@ -71,6 +77,14 @@ def _finite(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def interval(run: dict, field: str):
+    """``run[field + "_ci"]`` as ``(lo, hi)`` when it is two finite numbers, else None."""
+    ci = run.get(field + "_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_finite(v) for v in ci):
+        return tuple(ci)
+    return None
+
+
 def plot_results(results: dict | str, out_prefix: str, *, title: str | None = None) -> list[str]:
     """Draw the figure; writes ``out_prefix + ".png"`` and ``".pdf"`` and returns both paths."""
     import matplotlib
@@ -90,15 +104,24 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
     rows = sorted(best, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
     budgets = sorted({b for cell in best.values() for m in cell.values() for b in m})
 
+    has_ci = False
     fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.3 * len(rows) + 0.9), squeeze=False)
     for r, key in enumerate(rows):
         model, dataset = key
         for c, (field, label) in enumerate(COLUMNS):
             ax = axes[r][c]
             for method, (_, style) in METHOD_STYLES.items():
-                pts = sorted((b, run[field]) for b, run in best[key].get(method, {}).items() if _finite(run.get(field)))
+                pts = sorted((b, run[field], interval(run, field)) for b, run in best[key].get(method, {}).items()
+                             if _finite(run.get(field)))
                 if pts:
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, **style)
+                bars = [p for p in pts if p[2]]
+                if bars:
+                    below = [max(0.0, y - ci[0]) for _, y, ci in bars]
+                    above = [max(0.0, ci[1] - y) for _, y, ci in bars]
+                    ax.errorbar([b for b, _, _ in bars], [y for _, y, _ in bars], yerr=[below, above], fmt="none",
+                                ecolor=style["color"], elinewidth=0.8, capsize=2.5, alpha=0.75)
+                    has_ci = True
             if field == "token_rate":
                 ax.axhline(1.0, color="0.75", linewidth=0.8, zorder=0)
                 pts = sorted(peers.get(key, {}).items())
@@ -128,6 +151,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
         handles.append(Line2D([], [], label=PEER_STYLE[0], **PEER_STYLE[1]))
     if noise:
         handles.append(Line2D([], [], label=NOISE_STYLE[0], **NOISE_STYLE[1]))
+    if has_ci:
+        handles.append(Line2D([], [], label=CI_STYLE[0], **CI_STYLE[1]))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)

@@ -13,7 +13,9 @@ For one target/draft pair and each data set, :func:`run_grid` runs
 
 Per configuration it records pooled block efficiency, MBSU (with the parameter ratio used),
 token rate, task score and accuracy, and the wall-time split (prefill / draft / target /
-verify). Timing: token rate = (generated tokens / wall seconds including the prefill) over the
+verify); for block efficiency, MBSU and token rate also a 95% bootstrap confidence interval over
+items (``*_ci``, :func:`rsd.eval.metrics.bootstrap_ci`) from the per-item counts it keeps.
+Timing: token rate = (generated tokens / wall seconds including the prefill) over the
 same for ``ar``; one warm-up generation per data set precedes the timed runs.
 
 Results are one JSON file, rewritten atomically after every configuration; a rerun with the
@@ -279,13 +281,15 @@ def _decode_set(pair: Pair, adapters, prompts, settings: EvalSettings, method, c
 def summarize(outs, texts, evalset: EvalSet) -> dict:
     """Pooled counts, time split and task score of one method over a data set."""
     toks = [len(r.tokens) for r in outs]
+    walls = [r.wall_s for r in outs]
     split = {k: sum(r.time_split()[k] for r in outs)
              for k in ("prefill_s", "draft_s", "target_s", "verify_s", "cache_s", "other_s")}
-    wall = sum(r.wall_s for r in outs)
+    wall = sum(walls)
+    calls = [r.target_calls for r in outs]
     return {
         "items": len(outs), "tokens": sum(toks), "tokens_per_item": toks,
-        "target_calls": sum(r.target_calls for r in outs), "draft_calls": sum(r.draft_calls for r in outs),
-        "wall_s": wall, "time_split": split,
+        "target_calls": sum(calls), "target_calls_per_item": calls, "draft_calls": sum(r.draft_calls for r in outs),
+        "wall_s": wall, "wall_s_per_item": walls, "time_split": split,
         "tokens_per_s": M.tokens_per_second(sum(toks), wall) if wall > 0 else float("nan"),
         "stop_reasons": {s: sum(r.stop_reason == s for r in outs) for s in sorted({r.stop_reason for r in outs})},
         "score": M.task_score(evalset.metric, texts, [it.reference for it in evalset.items]),
@@ -293,11 +297,25 @@ def summarize(outs, texts, evalset: EvalSet) -> dict:
     }
 
 
-def _nan_if_error(fn, *a):
+def _nan_if_error(fn, *a, default=float("nan")):
     try:
         return fn(*a)
     except ValueError:
-        return float("nan")
+        return default
+
+
+def confidence_intervals(s: dict, ar: dict, tau: float, mbsu: float) -> dict:
+    """``block_efficiency_ci``, ``mbsu_ci`` (tau's interval times MBSU / tau, the same constant)
+    and ``token_rate_ci`` of a run summarized as ``s`` (:func:`summarize`) against the ``ar``
+    record; ``None`` where undefined or where ``ar`` (an older file) lacks per-item times."""
+    tau_ci = _nan_if_error(M.block_efficiency_ci, s["tokens_per_item"], s["target_calls_per_item"], default=None)
+    rate_ci = None
+    if "wall_s_per_item" in ar:
+        rate_ci = _nan_if_error(M.token_rate_ci, s["tokens_per_item"], s["wall_s_per_item"], ar["tokens_per_item"],
+                                ar["wall_s_per_item"], default=None)
+    scale = mbsu / tau if tau_ci and math.isfinite(mbsu) and tau > 0 else None
+    return {"block_efficiency_ci": tau_ci, "mbsu_ci": [v * scale for v in tau_ci] if scale else None,
+            "token_rate_ci": rate_ci}
 
 
 # ---------------------------------------------------------------- the grid
@@ -324,6 +342,8 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
                          "param_ratio": ratio, "param_ratio_source": "override" if settings.param_ratio is not None
                          else "parameters read per forward (untied input embeddings excluded), draft / target"}
     results["environment"] = _environment(settings)
+    results["ci"] = {"kind": "percentile bootstrap over items", "level": M.CI_LEVEL, "resamples": M.CI_RESAMPLES,
+                     "seed": M.CI_SEED}
     for name in settings.datasets:
         if name not in results["datasets_order"]:
             results["datasets_order"].append(name)
@@ -377,11 +397,11 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
             outs = _decode_set(pair, adapters, prompts, settings, method, config, settings.seed, bar)
             outputs = texts(outs)
             s = summarize(outs, outputs, evalset)
-            tau = _nan_if_error(M.block_efficiency, s["tokens_per_item"], [r.target_calls for r in outs])
+            tau = _nan_if_error(M.block_efficiency, s["tokens_per_item"], s["target_calls_per_item"])
+            mbsu = _nan_if_error(M.mbsu, tau, ratio, config.depth) if math.isfinite(tau) else float("nan")
             rec = {"model": pair.model, "dataset": name, "method": method, "config": str(config),
                    "shape": list(config.shape), "budget": budget, "depth": config.depth,
-                   "block_efficiency": tau,
-                   "mbsu": _nan_if_error(M.mbsu, tau, ratio, config.depth) if math.isfinite(tau) else float("nan"),
+                   "block_efficiency": tau, "mbsu": mbsu, **confidence_intervals(s, ar, tau, mbsu),
                    "param_ratio": ratio,
                    "token_rate": _nan_if_error(M.token_rate, s["tokens"], s["wall_s"], ar["tokens"], ar["wall_s"]),
                    "accuracy": _nan_if_error(M.accuracy, s["score"], ar["score"]),
