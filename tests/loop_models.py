@@ -9,6 +9,8 @@ import functools
 
 import torch
 
+import rsd_kernels
+
 torch.set_num_threads(1)
 
 PROMPT = "What is the capital of France?"
@@ -73,3 +75,12 @@ def greedy_by_recompute(model, prompt, n):
     for _ in range(n):
         seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt):]
+
+
+def always_accept_first_child(target_logits, draft_logits, tree, **kw):
+    """A verifier broken on purpose (negative controls of the chi-square tests): every row accepts
+    the root's first child, then emits the target's argmax there."""
+    B = target_logits.shape[0]
+    path = torch.full((B, tree.max_depth + 1), -1, dtype=torch.int64)
+    path[:, 0], path[:, 1] = 0, 1
+    return rsd_kernels.VerifyResult(path, torch.ones(B, dtype=torch.int64), target_logits[:, 1].argmax(-1))

@@ -20,7 +20,7 @@ import torch
 from scipy.stats import chisquare
 
 import rsd_kernels
-from loop_models import BiasedDraft, tiny_llama as small_llama
+from loop_models import BiasedDraft, always_accept_first_child, tiny_llama as small_llama
 from rsd.batched import BatchDecoder, BatchGenerationResult
 from rsd.generate import generate
 
@@ -200,16 +200,8 @@ def test_batched_first_token_matches_target(method, config):
     assert pvalue > ALPHA, f"{method}: counts {counts}, p={pvalue:.2e}"
 
 
-def _always_accept_first_child(target_logits, draft_logits, tree, **kw):
-    """Broken on purpose: every row accepts the root's first child, then emits the target's argmax there."""
-    B = target_logits.shape[0]
-    path = torch.full((B, tree.max_depth + 1), -1, dtype=torch.int64)
-    path[:, 0], path[:, 1] = 0, 1
-    return rsd_kernels.VerifyResult(path, torch.ones(B, dtype=torch.int64), target_logits[:, 1].argmax(-1))
-
-
 def test_batched_broken_verifier_is_caught(monkeypatch):
-    monkeypatch.setattr(rsd_kernels, "verify_tree", _always_accept_first_child)
+    monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
     tgt, draft, ps = _tiny_chi_setup()
     pvalue, counts, _ = batched_first_token_pvalue(tgt, draft, ps, [0, 2], "sd", "1", CHI_N)
     assert pvalue < ALPHA, f"the broken verifier passed: counts {counts}, p={pvalue:.2e}"

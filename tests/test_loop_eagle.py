@@ -17,7 +17,7 @@ from rsd.draft import eagle as E
 from rsd.draft.train import tiny_target
 from rsd.generate import Decoder, generate
 
-from loop_models import greedy_by_recompute
+from loop_models import always_accept_first_child, greedy_by_recompute
 
 V = 512
 PROMPT = [1, 17, 230, 45, 99, 310, 7]
@@ -167,15 +167,8 @@ def test_first_token_matches_target(method, config, target, dense_draft):
     assert pvalue > ALPHA, f"{method}: counts {counts}, p={pvalue:.2e}"
 
 
-def _always_accept_first_child(target_logits, draft_logits, tree, **kw):
-    """Broken on purpose: accept the root's first child, then emit the target's argmax there."""
-    path = torch.full((1, tree.max_depth + 1), -1, dtype=torch.int64)
-    path[0, :2] = torch.tensor([0, 1])
-    return rsd_kernels.VerifyResult(path, torch.tensor([1]), target_logits[:, 1].argmax(-1))
-
-
 def test_broken_verifier_is_caught(target, dense_draft, monkeypatch):
-    monkeypatch.setattr(rsd_kernels, "verify_tree", _always_accept_first_child)
+    monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
     pvalue, counts, _ = _first_token_pvalue(target, dense_draft, "sd", "2")
     assert pvalue < ALPHA, f"the broken verifier passed: counts {counts}, p={pvalue:.2e}"
 

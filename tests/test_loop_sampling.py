@@ -18,7 +18,7 @@ import torch
 from scipy.stats import chisquare
 
 import rsd_kernels
-from loop_models import BiasedDraft, chat_ids, embedded_target
+from loop_models import BiasedDraft, always_accept_first_child, chat_ids, embedded_target
 from rsd.generate import Decoder
 
 N = 80
@@ -56,14 +56,7 @@ def test_first_token_matches_target(method, config):
     assert pvalue > ALPHA, f"{method}: counts {counts}, p={pvalue:.2e}"
 
 
-def _always_accept_first_child(target_logits, draft_logits, tree, **kw):
-    """Broken on purpose: accept the root's first child, then emit the target's argmax there."""
-    path = torch.full((1, tree.max_depth + 1), -1, dtype=torch.int64)
-    path[0, :2] = torch.tensor([0, 1])
-    return rsd_kernels.VerifyResult(path, torch.tensor([1]), target_logits[:, 1].argmax(-1))
-
-
 def test_broken_verifier_is_caught(monkeypatch):
-    monkeypatch.setattr(rsd_kernels, "verify_tree", _always_accept_first_child)
+    monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
     pvalue, counts, _ = first_token_pvalue("sd", "1")
     assert pvalue < ALPHA, f"the broken verifier passed: counts {counts}, p={pvalue:.2e}"

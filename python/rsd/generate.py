@@ -253,9 +253,8 @@ class Decoder:
         if self.config is None:
             out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
         else:
-            block = _eagle_block if self.eagle else _sd_block
-            out = block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
-                        self.backend)
+            out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
+                            self.backend)
         self.block += 1
         return out
 
@@ -379,10 +378,13 @@ def _verify(target_logits, drafted, cfg, samp, seed, block, backend):
 
 
 def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
-    """One block; updates both caches and ``state``; returns the committed tokens."""
+    """One block; updates both caches and ``state``; returns the committed tokens. An EAGLE draft
+    (``state.feats`` set) reads features; see the comment above :func:`_eagle_prefill`."""
     dev = tgt.device
     t0 = time.perf_counter()
-    levels = _DraftLevels(drf, state.pending, cfg.budget + 1)
+    eagle = state.feats is not None
+    levels = (_EagleLevels(drf, state.pending, state.feats, cfg.budget + 1) if eagle
+              else _DraftLevels(drf, state.pending, cfg.budget + 1))
     root = torch.tensor([state.root], dtype=torch.long, device=dev)
     drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
                                      draft_logits=samp["temperature"] > 0, validate=False)
@@ -395,15 +397,20 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
     t3 = time.perf_counter()
     # compaction: the target keeps prefix + path (the root included); the draft what it has of the path
     tgt.keep_path(prefix, path)
-    slots = levels.final_slots(tree.max_nodes)
-    keep_d, pending = [], []
-    for i in path[1:]:
-        s = slots[i]
-        if s >= 0 and not pending:
-            keep_d.append(s)
-        else:
-            pending.append(i)
-    drf.cache.move_tail(levels.root_slot + 1, keep_d)
+    if eagle:  # entries computed from predicted features are dropped: the path is fed again next block
+        drf.crop(levels.root_slot + 1)
+        pending = path[1:]
+        state.feats = tgt.features[0][torch.tensor(path, device=tgt.device)].to(drf.dtype)
+    else:
+        slots = levels.final_slots(tree.max_nodes)
+        keep_d, pending = [], []
+        for i in path[1:]:
+            s = slots[i]
+            if s >= 0 and not pending:
+                keep_d.append(s)
+            else:
+                pending.append(i)
+        drf.cache.move_tail(levels.root_slot + 1, keep_d)
     t4 = time.perf_counter()
     toks = tree.tokens[0].tolist()
     accepted = [toks[i] for i in path[1:]]
@@ -554,31 +561,3 @@ class _EagleLevels(_DraftLevels):
         logits = drf.forward(toks, pos, allowed, features=self.pred[par][None])
         self.pred[idx] = drf.features[0]
         return logits
-
-
-def _eagle_block(tgt, drf, cfg, state, samp, seed, block, backend):
-    """One block with an EAGLE draft (see the comment above); updates both caches and ``state``."""
-    dev = tgt.device
-    t0 = time.perf_counter()
-    levels = _EagleLevels(drf, state.pending, state.feats, cfg.budget + 1)
-    root = torch.tensor([state.root], dtype=torch.long, device=dev)
-    drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
-                                     draft_logits=samp["temperature"] > 0, validate=False)
-    tree = drafted.tree
-    t1 = time.perf_counter()
-    prefix = tgt.length
-    target_logits = tgt.forward_tree(tree)
-    F = tgt.features[0]  # [T, H]: the target's features at root + tree nodes
-    t2 = time.perf_counter()
-    path, nxt = _verify(target_logits, drafted, cfg, samp, seed, block, backend)
-    t3 = time.perf_counter()
-    tgt.keep_path(prefix, path)
-    drf.crop(levels.root_slot + 1)  # committed prefix + root: target-featured entries only
-    t4 = time.perf_counter()
-    toks = tree.tokens[0].tolist()
-    accepted = [toks[i] for i in path[1:]]
-    state.pending, state.root = accepted, nxt
-    state.feats = F[torch.tensor(path, device=F.device)].to(drf.dtype)
-    t5 = time.perf_counter()
-    return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2,
-                                        t4 - t3, t5 - t4)
