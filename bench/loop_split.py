@@ -15,6 +15,7 @@ rsd_kernels | tar -x -C DIR``) in a separate process of the same run and prints 
 
     python bench/loop_split.py                       # embedded pair, prompts ~40/500/1500 tokens
     python bench/loop_split.py --before /tmp/main    # + the same on another checkout
+    python bench/loop_split.py --draft eagle:PATH    # an EAGLE feature-level draft
     python bench/loop_split.py --tiny                # tiny offline random pair (CI: tests/test_bench_loop.py)
 """
 from __future__ import annotations
@@ -64,7 +65,7 @@ class _Clock:
             self.acc[k] = 0.0
 
 
-def _load_pair(tiny):
+def _load_pair(tiny, draft_spec="embedded"):
     import torch
 
     if tiny:
@@ -75,7 +76,7 @@ def _load_pair(tiny):
     from rsd.models import load_draft, load_target
 
     tgt = load_target("embedded")
-    drf = load_draft("embedded", tgt, log=lambda m: None)
+    drf = load_draft(draft_spec, tgt, log=lambda m: None)
     torch.set_grad_enabled(False)
     return tgt.model, drf.model, tgt.tokenizer, tgt.model.config.vocab_size
 
@@ -107,7 +108,7 @@ def child(args):
     gen = importlib.import_module("rsd.generate")  # the module (rsd.generate is also the function)
     ModelAdapter = adapter_mod.ModelAdapter
 
-    target, draft, tok, vocab = _load_pair(args.tiny)
+    target, draft, tok, vocab = _load_pair(args.tiny, args.draft)
     clock = _Clock()
     target_fw, draft_fw = target.forward, draft.forward
     clock.wrap(target, "forward", "target")
@@ -204,6 +205,8 @@ def _run_child(impl, args, hf=True):
            "--warmup", str(args.warmup), "--rounds", str(args.rounds), "--temperature", str(args.temperature)]
     if args.tiny:
         cmd.append("--tiny")
+    else:
+        cmd += ["--draft", args.draft]
     if args.no_hf or not hf:
         cmd.append("--no-hf")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -234,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--lengths", default=None, help="prompt lengths (default 40,500,1500; --tiny: 40,200)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--budget", type=int, default=10)
+    ap.add_argument("--draft", default="embedded", help="draft spec of the embedded target (rsd.models.load_draft: "
+                    "embedded, eagle:PATH, truncated:N)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples (seed 0)")
     ap.add_argument("--blocks", type=int, default=None, help="measured blocks per method (default 8; --tiny 3)")
     ap.add_argument("--warmup", type=int, default=1)
