@@ -106,15 +106,31 @@ def test_resume_refuses_other_settings(tmp_path):
     assert load_or_new_results(str(path), EvalSettings(temperature=0.5), overwrite=True)["runs"] == []
 
 
-def test_resume_refuses_other_embedded_draft_weights(tmp_path, monkeypatch):
-    """Results of an older shipped draft are not extended with a new one's (same --draft embedded)."""
+@pytest.mark.parametrize("spec", ["embedded", "embedded-eagle"])
+def test_resume_refuses_other_embedded_draft_weights(spec, tmp_path, monkeypatch):
+    """Results of an older shipped draft are not extended with a new one's (same --draft spec)."""
     from rsd.eval import runner
 
     path = tmp_path / "r.json"
-    settings = EvalSettings(draft="embedded")
+    settings = EvalSettings(draft=spec)
     path.write_text(json.dumps(load_or_new_results(str(path), settings)))
     assert load_or_new_results(str(path), settings)["fingerprint"]["draft_weights"]  # same weights: resumes
-    monkeypatch.setattr(runner, "embedded_draft_digest", lambda: "0" * 16)
+    monkeypatch.setattr(runner, "draft_weights_digest", lambda spec: "0" * 16)
+    with pytest.raises(ValueError, match="draft_weights"):
+        load_or_new_results(str(path), settings)
+
+
+def test_resume_refuses_a_changed_eagle_weights_file(tmp_path):
+    """--draft eagle:PATH: the file's digest is part of the fingerprint."""
+    import os
+
+    weights = tmp_path / "eagle.safetensors"
+    weights.write_bytes(b"first")
+    path = tmp_path / "r.json"
+    settings = EvalSettings(draft=f"eagle:{weights}")
+    path.write_text(json.dumps(load_or_new_results(str(path), settings)))
+    weights.write_bytes(b"second")
+    os.utime(weights, ns=(1, 1))
     with pytest.raises(ValueError, match="draft_weights"):
         load_or_new_results(str(path), settings)
 

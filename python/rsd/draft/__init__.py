@@ -21,8 +21,10 @@ import torch
 from .model import RestrictedHeadDraft, config_from_json
 
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "draft.safetensors")
+# the shipped EAGLE-style feature-level draft (rsd.draft.eagle; EAGLE.md): ``--draft embedded-eagle``
+EAGLE_WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "eagle.safetensors")
 
-__all__ = ["WEIGHTS_PATH", "RestrictedHeadDraft", "load_draft", "load_embedded_draft", "target_token_embedding"]
+__all__ = ["EAGLE_WEIGHTS_PATH", "WEIGHTS_PATH", "RestrictedHeadDraft", "load_draft", "load_embedded_draft", "target_token_embedding"]
 
 
 def target_token_embedding(dtype=torch.float32) -> torch.Tensor:

@@ -127,23 +127,29 @@ class EvalSettings:
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the file it extends (not threads / peer).
 
-        For ``draft="embedded"`` it includes a digest of the shipped draft weights, so results
-        of an older draft are never mixed with a new one's.
+        For a draft read from a weights file (``embedded``, ``embedded-eagle``, ``eagle:PATH``)
+        it includes a digest of that file, so results of an older draft are never mixed with a
+        new one's.
         """
         d = dataclasses.asdict(self)
         for k in ("threads", "peer", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth"):
             d.pop(k)
-        if self.draft == "embedded":
-            d["draft_weights"] = embedded_draft_digest()
+        digest = draft_weights_digest(self.draft)
+        if digest is not None:
+            d["draft_weights"] = digest
         return json.loads(json.dumps(d))
 
 
-def embedded_draft_digest() -> str:
-    """First 16 hex digits of the SHA-256 of the shipped draft weights file."""
-    from ..draft import WEIGHTS_PATH
+def draft_weights_digest(spec: str = "embedded") -> str | None:
+    """First 16 hex digits of the SHA-256 of the weights file behind ``spec``
+    (:func:`rsd.models.draft_weights_path`); ``None`` for other specs or a missing file."""
+    from ..models import draft_weights_path
 
-    st = os.stat(WEIGHTS_PATH)
-    return _file_digest(WEIGHTS_PATH, st.st_size, st.st_mtime_ns)
+    path = draft_weights_path(spec)
+    if path is None or not os.path.exists(path):
+        return None
+    st = os.stat(path)
+    return _file_digest(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4)
