@@ -37,8 +37,8 @@ def add_eval_parser(subparsers):
                     "data set, with target-only autoregressive decoding and Hugging Face assisted generation "
                     "as baselines, and write one JSON results file (resumable).")
     p.add_argument("--target", default="embedded", help="target model: 'embedded', a model id or a folder")
-    p.add_argument("--draft", default="embedded", help="draft model: 'embedded', 'eagle:PATH' (an EAGLE "
-                   "feature-level draft), 'truncated:N', a model id or a folder")
+    p.add_argument("--draft", default="embedded", help="draft model: 'embedded', 'embedded-eagle', 'eagle:PATH' (EAGLE "
+                   "feature-level drafts), 'truncated:N', a model id or a folder")
     p.add_argument("--datasets", type=_names, default=DATASETS,
                    help="comma-separated data set specs: wmt, xsum, dolly (built-in), NAME:PATH (local JSON/JSONL), "
                         "NAME:hub (datasets.load_dataset)")
