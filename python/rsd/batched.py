@@ -38,12 +38,12 @@ import torch
 import rsd_kernels
 
 from .adapter import ModelAdapter
-from .generate import BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor
+from .generate import BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _Timed
 from .kvcache import BatchKVBuffer
 
 
 @dataclass
-class BatchGenerationResult:
+class BatchGenerationResult(_Timed):
     """The result of :func:`generate_batch`: one :class:`GenerationResult` per prompt (input order).
 
     A row's ``blocks`` carry the wall times of the batched blocks it took part in, so a row's
@@ -73,18 +73,6 @@ class BatchGenerationResult:
     @property
     def num_tokens(self) -> int:
         return sum(len(r.tokens) for r in self.rows)
-
-    @property
-    def decode_s(self) -> float:
-        return sum(b.total_s for b in self.blocks)
-
-    @property
-    def wall_s(self) -> float:
-        return self.prefill_s + self.decode_s
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.num_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {"method": self.method, "batch": len(self.rows), "num_tokens": self.num_tokens,

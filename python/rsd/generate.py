@@ -60,8 +60,26 @@ class BlockStats:
         return self.draft_s + self.target_s + self.verify_s + self.cache_s + self.other_s
 
 
+class _Timed:
+    """Wall-time views of a result with ``blocks`` (:class:`BlockStats`), ``prefill_s`` and ``num_tokens``."""
+
+    @property
+    def decode_s(self) -> float:
+        """Wall time of the blocks (prefill excluded)."""
+        return sum(b.total_s for b in self.blocks)
+
+    @property
+    def wall_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of decoding (prefill excluded)."""
+        return self.num_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
 @dataclass
-class GenerationResult:
+class GenerationResult(_Timed):
     tokens: list[int]  # the new tokens (prompt excluded)
     method: str
     config: TreeConfig | None  # None for ar
@@ -89,18 +107,8 @@ class GenerationResult:
         return len(self.tokens) / self.target_calls if self.target_calls else 0.0
 
     @property
-    def decode_s(self) -> float:
-        """Wall time of the blocks (prefill excluded)."""
-        return sum(b.total_s for b in self.blocks)
-
-    @property
-    def wall_s(self) -> float:
-        return self.prefill_s + self.decode_s
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Generated tokens per second of decoding (prefill excluded)."""
-        return len(self.tokens) / self.decode_s if self.decode_s > 0 else 0.0
+    def num_tokens(self) -> int:
+        return len(self.tokens)
 
     def time_split(self) -> dict:
         """Wall seconds per part; the parts sum to :attr:`wall_s`."""

@@ -50,6 +50,13 @@ class _BufferCache(Cache):
     def __len__(self):
         return self.num_layers
 
+    def reserve(self, need: int):
+        """Make room for ``need`` positions (before the first update: only raises the capacity)."""
+        if self.kv is None:
+            self.capacity = max(self.capacity, need)
+        elif need > self.capacity:
+            self._grow(need)
+
 
 class KVBuffer(_BufferCache):
     """Preallocated, in-place KV cache for ``num_layers`` full-attention layers (batch size 1)."""
@@ -91,12 +98,6 @@ class KVBuffer(_BufferCache):
         new[:, :, :, : self.length] = self.kv[:, :, :, : self.length]
         self.kv, self.capacity = new, cap
 
-    def reserve(self, need: int):
-        """Make room for ``need`` positions (no-op before the first update)."""
-        if self.kv is None:
-            self.capacity = max(self.capacity, need)
-        elif need > self.capacity:
-            self._grow(need)
 
     def advance(self, n: int):
         """Mark the ``n`` positions the last forward wrote as valid."""
@@ -228,11 +229,6 @@ class BatchKVBuffer(_BufferCache):
         new[..., :m, :] = self.kv[..., :m, :]
         self.kv, self.capacity = new, cap
 
-    def reserve(self, need: int):
-        if self.kv is None:
-            self.capacity = max(self.capacity, need)
-        elif need > self.capacity:
-            self._grow(need)
 
     def advance(self, counts):
         """Add ``counts[b]`` valid positions to row b (the real tokens of the last forward)."""
