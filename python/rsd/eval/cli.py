@@ -171,10 +171,13 @@ def format_summary(results: dict) -> str:
         lines.append(f"\n{model} on {ds}: ar {ar['tokens']} tokens, {_fmt(ar['tokens_per_s'], 1)} tok/s, "
                      f"{ar['metric']} {_fmt(ar['score'], 3)}; ar_repeat accuracy {_fmt((rep or {}).get('accuracy'))}"
                      if ar else f"\n{model} on {ds}")
-        lines.append(f"  {'method':7s} {'budget':>6s} {'config':16s} {'tau':>6s} {'MBSU':>6s} {'rate':>6s} {'acc':>6s}")
+        lines.append(f"  {'method':7s} {'budget':>6s} {'config':16s} {'tau':>6s} {'tau 95% CI':>13s} {'MBSU':>6s} "
+                     f"{'rate':>6s} {'acc':>6s}")
         for method in ("sd", "spectr", "rsd-c", "rsd-s"):
             for b, run in sorted(cell.get(method, {}).items()):
-                lines.append(f"  {method:7s} {b:6d} {run['config']:16s} {_fmt(run['block_efficiency']):>6s} "
+                ci = run.get("block_efficiency_ci")
+                ci = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
+                lines.append(f"  {method:7s} {b:6d} {run['config']:16s} {_fmt(run['block_efficiency']):>6s} {ci:>13s} "
                              f"{_fmt(run['mbsu']):>6s} {_fmt(run['token_rate']):>6s} {_fmt(run['accuracy']):>6s}")
         for p in results.get("peer", []):
             if (p["model"], p["dataset"]) == (model, ds):
