@@ -73,7 +73,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.utils import ModelOutput
 
-from .model import config_from_json, config_to_json, draft_config_from_target
+from .model import RestrictedHead, config_from_json, config_to_json, draft_config_from_target
 
 FORMAT = "rsd-eagle-draft-v1"
 
@@ -85,7 +85,7 @@ class EagleOutput(ModelOutput):
     past_key_values: object | None = None
 
 
-class EagleDraft(nn.Module):
+class EagleDraft(RestrictedHead, nn.Module):
     """EAGLE-style draft: fusion(feature, embedding) -> Llama layer(s) -> norm -> restricted head."""
 
     def __init__(self, config: LlamaConfig, kept_ids: torch.Tensor):
@@ -98,26 +98,6 @@ class EagleDraft(nn.Module):
         kept_ids = torch.as_tensor(kept_ids, dtype=torch.long)
         self.head = nn.Linear(H, kept_ids.numel(), bias=False)
         self.register_buffer("kept_ids", kept_ids, persistent=True)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def device(self):
-        return self.head.weight.device
-
-    @property
-    def dtype(self):
-        return self.head.weight.dtype
-
-    def trainable_state_dict(self) -> dict:
-        return {k: v for k, v in self.state_dict().items() if k != "model.embed_tokens.weight"}
-
-    def expand_logits(self, restricted: torch.Tensor) -> torch.Tensor:
-        full = restricted.new_full((*restricted.shape[:-1], self.config.vocab_size), float("-inf"))
-        full[..., self.kept_ids] = restricted
-        return full
 
     def fuse(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         e = self.model.embed_tokens(input_ids)

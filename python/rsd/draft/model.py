@@ -42,7 +42,34 @@ def draft_config_from_target(target_config, num_hidden_layers: int = 2) -> Llama
     return LlamaConfig(**kw)
 
 
-class RestrictedHeadDraft(nn.Module):
+class RestrictedHead:
+    """What every draft with a restricted head shares (this module's draft and the EAGLE draft):
+    ``config``, ``head`` (over ``kept_ids``) and ``model.embed_tokens`` (the target's, frozen)."""
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def device(self):
+        return self.head.weight.device
+
+    @property
+    def dtype(self):
+        return self.head.weight.dtype
+
+    def trainable_state_dict(self) -> dict:
+        """Everything except the (frozen, target-owned) token embedding."""
+        return {k: v for k, v in self.state_dict().items() if k != "model.embed_tokens.weight"}
+
+    def expand_logits(self, restricted: torch.Tensor) -> torch.Tensor:
+        """Map restricted logits ``[..., K]`` to full-vocab logits with ``-inf`` elsewhere."""
+        full = restricted.new_full((*restricted.shape[:-1], self.config.vocab_size), float("-inf"))
+        full[..., self.kept_ids] = restricted
+        return full
+
+
+class RestrictedHeadDraft(RestrictedHead, nn.Module):
     """Draft model: ``LlamaModel`` backbone + head over ``kept_ids`` only.
 
     Call it like a ``LlamaForCausalLM``::
@@ -68,27 +95,6 @@ class RestrictedHeadDraft(nn.Module):
         self.register_buffer("kept_ids", kept_ids, persistent=True)
         self.model.embed_tokens.weight.requires_grad_(False)
 
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def device(self):
-        return self.head.weight.device
-
-    @property
-    def dtype(self):
-        return self.head.weight.dtype
-
-    def trainable_state_dict(self) -> dict:
-        """Everything except the (frozen, target-owned) token embedding."""
-        return {k: v for k, v in self.state_dict().items() if k != "model.embed_tokens.weight"}
-
-    def expand_logits(self, restricted: torch.Tensor) -> torch.Tensor:
-        """Map restricted logits ``[..., K]`` to full-vocab logits with ``-inf`` elsewhere."""
-        full = restricted.new_full((*restricted.shape[:-1], self.config.vocab_size), float("-inf"))
-        full[..., self.kept_ids] = restricted
-        return full
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, cache_position=None, logits_to_keep: int = 0,
