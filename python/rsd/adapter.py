@@ -131,22 +131,19 @@ class ModelAdapter:
         self.num_layers = int(getattr(tm.config, "num_hidden_layers", 0) or model.config.num_hidden_layers)
         self._rows_kw = _accepts(model.forward, "logits_to_keep")
         self.features = None  # [1, n, H] of the last forward when feature capture is on (see enable_features)
-        self._capture = False
         self._hook = None
+        self._capturing = False
         self.reset()
 
     def enable_features(self):
         """Make every forward also leave the model's last hidden states (after its final norm: what
         the LM head reads, the feature an EAGLE draft consumes) in :attr:`features` ``[1, n, H]``.
 
-        A model whose output carries ``.features`` (an EAGLE draft's predicted features) is read
-        directly; otherwise a forward hook on the final norm keeps a reference to its output (no
-        copy, no second forward, no per-layer hidden states). Idempotent.
+        A forward hook on the final norm keeps a reference to its output (no copy, no second
+        forward, no per-layer hidden states); for an EAGLE draft that output is its predicted
+        feature. Idempotent.
         """
-        if self._capture:
-            return self
-        self._capture = True
-        if self._feature_from_output():
+        if self._hook is not None:
             return self
         norm = None
         for owner in (self._tmodel, getattr(self._tmodel, "model", None)):
@@ -160,14 +157,8 @@ class ModelAdapter:
         def hook(_module, _inputs, output):
             if self._capturing:
                 self.features = output
-        self._capturing = False
         self._hook = norm.register_forward_hook(hook)
         return self
-
-    def _feature_from_output(self) -> bool:
-        from .draft.eagle import EagleDraft
-
-        return isinstance(self.model, EagleDraft)
 
     def _set_impl(self):
         """(Re)apply this adapter's attention implementation (another adapter or user may share the module)."""
@@ -222,16 +213,12 @@ class ModelAdapter:
         self._set_impl()
         if logits_to_keep and self._rows_kw:
             extra["logits_to_keep"] = logits_to_keep
-        if self._hook is not None:
-            self._capturing = True
+        self._capturing = self._hook is not None
         try:
             out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=position_ids,
                              past_key_values=self.cache, use_cache=True, **extra)
         finally:
-            if self._hook is not None:
-                self._capturing = False
-        if self._capture and self._hook is None:
-            self.features = out.features
+            self._capturing = False
         self.cache.advance(n)
         logits = out.logits
         if logits_to_keep and logits.shape[1] != logits_to_keep:

@@ -38,7 +38,8 @@ import torch
 import rsd_kernels
 
 from .adapter import ModelAdapter
-from .generate import BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _Timed
+from .generate import (BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _Timed, cut_new_tokens,
+                       final_slots, split_draft_path)
 from .kvcache import BatchKVBuffer
 
 
@@ -120,13 +121,7 @@ class BatchModel:
         S = int(write_slots.max()) + 1
         self.cache.reserve(S)
         self.cache.write_slots = write_slots.to(self.device, torch.long)
-        mask = None
-        if allowed is not None:
-            if ad.attention == "eager":
-                mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-                mask = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
-            else:
-                mask = allowed[:, None]
+        mask = None if allowed is None else ad._mask(allowed)
         if logits_to_keep and ad._rows_kw:
             extra["logits_to_keep"] = logits_to_keep
         out = ad.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
@@ -234,17 +229,6 @@ class _BatchDraftLevels:
         out = logits.new_zeros(B, n, logits.shape[-1])
         out.scatter_(1, order[..., None].expand(B, n, logits.shape[-1]), logits)
         return torch.where(ok[..., None], out, 0.0)
-
-    def final_slots(self, b, T) -> list[int]:
-        """Draft cache slot of each node of row b of the built (possibly packed) tree, -1 if never fed."""
-        if self.seen_ok is None:
-            out = self.slots[b, :T].tolist()
-            return out + [-1] * (T - len(out))
-        known = self.seen_ok[b].nonzero()[:, 0]
-        out = [-1] * T
-        for jj, s in enumerate(self.slots[b, known].tolist()[:T]):
-            out[jj] = s
-        return out
 
 
 class BatchDecoder:
@@ -412,14 +396,8 @@ class BatchDecoder:
         tgt.cache.move_tails(pl, [[pl[b] + i for i in paths[b]] for b in range(B)])
         keeps, pendings = [], []
         for b in range(B):
-            slots = levels.final_slots(b, T)
-            keep_d, pend = [], []
-            for i in paths[b][1:]:
-                s = slots[i]
-                if s >= 0 and not pend:
-                    keep_d.append(s)
-                else:
-                    pend.append(i)
+            seen = None if levels.seen_ok is None else levels.seen_ok[b]
+            keep_d, pend = split_draft_path(paths[b], final_slots(levels.slots[b], seen, T))
             keeps.append(keep_d)
             pendings.append(pend)
         drf.cache.move_tails((levels.root_slot + 1).tolist(), keeps)
@@ -477,12 +455,7 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
         keep, total = [], 0
         for j, i in enumerate(active):
             r = rows[i]
-            room = max_new_tokens - len(r.tokens)
-            toks, stop = new[j][:room], None
-            for jj, t in enumerate(toks):
-                if t in eos:
-                    toks, stop = toks[: jj + 1], "eos"
-                    break
+            toks, stop = cut_new_tokens(new[j], max_new_tokens - len(r.tokens), eos)
             r.tokens.extend(toks)
             r.blocks.append(BlockStats(acc[j], len(toks), dcalls, 1, *times))
             total += len(toks)

@@ -12,8 +12,9 @@ One **block** of a speculative method:
 Only model forwards grow with the context: the caches are preallocated and written in place,
 chains and single tokens run without a mask, the tree mask is built with tensor ops from the
 tree's ancestor rows (``DraftTree.dense_mask``), greedy verification is ``verify_tree``'s
-vectorised greedy mode (the longest matching path), and the output head runs only on the rows that are used. :class:`BlockStats` splits each block's wall time into
-draft (tree building), target (verification forward), verify, cache and other.
+vectorised greedy mode (the longest matching path), and the output head runs only on the rows
+that are used. :class:`BlockStats` splits each block's wall time into draft (tree building),
+target (verification forward), verify, cache and other.
 
 Cache invariant between blocks: the target cache holds every committed token except the
 last one (the next root). The draft cache holds a prefix of that; accepted tokens it never
@@ -328,13 +329,7 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             result.stop_reason = "context"
             break
         new, stats = dec.step()
-        room = max_new_tokens - len(result.tokens)
-        stop = None
-        for j, t in enumerate(new[:room]):
-            if t in eos:
-                new, stop = new[: j + 1], "eos"
-                break
-        new = new[:room]
+        new, stop = cut_new_tokens(new, max_new_tokens - len(result.tokens), eos)
         stats.emitted = len(new)
         result.tokens.extend(new)
         result.blocks.append(stats)
@@ -344,6 +339,40 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             result.stop_reason = stop
             break
     return result
+
+
+def cut_new_tokens(new: list[int], room: int, eos: set) -> tuple[list[int], str | None]:
+    """A block's tokens cut to the ``room`` left under ``max_new_tokens`` and after the first EOS
+    (kept); the stop reason ``"eos"`` if one was met, else ``None``."""
+    new = new[:room]
+    for j, t in enumerate(new):
+        if t in eos:
+            return new[: j + 1], "eos"
+    return new, None
+
+
+def split_draft_path(path, slots) -> tuple[list[int], list[int]]:
+    """The accepted path's nodes (``path[1:]``) split into the draft cache slots to keep (the
+    leading nodes the draft has fed, ``slots[i] >= 0``) and the nodes it must be fed next block."""
+    keep, pending = [], []
+    for i in path[1:]:
+        if slots[i] >= 0 and not pending:
+            keep.append(slots[i])
+        else:
+            pending.append(i)
+    return keep, pending
+
+
+def final_slots(slots: torch.Tensor, seen_ok: torch.Tensor | None, T: int) -> list[int]:
+    """Draft cache slot of each node of the built (possibly packed) tree, -1 if never fed:
+    ``slots`` by build-time node, ``seen_ok`` which build-time nodes were real (None: all)."""
+    if seen_ok is None or bool(seen_ok.all()):
+        out = slots[:T].tolist()
+        return out + [-1] * (T - len(out))
+    out = [-1] * T
+    for j, s in enumerate(slots[seen_ok.nonzero()[:, 0]].tolist()[:T]):
+        out[j] = s
+    return out
 
 
 def _eos_set(eos_token_id):
@@ -410,14 +439,7 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
         pending = path[1:]
         state.feats = tgt.features[0][torch.tensor(path, device=tgt.device)].to(drf.dtype)
     else:
-        slots = levels.final_slots(tree.max_nodes)
-        keep_d, pending = [], []
-        for i in path[1:]:
-            s = slots[i]
-            if s >= 0 and not pending:
-                keep_d.append(s)
-            else:
-                pending.append(i)
+        keep_d, pending = split_draft_path(path, final_slots(levels.slots, levels.seen_ok, tree.max_nodes))
         drf.cache.move_tail(levels.root_slot + 1, keep_d)
     t4 = time.perf_counter()
     toks = tree.tokens[0].tolist()
@@ -502,17 +524,6 @@ class _DraftLevels:
     def _feed_level(self, toks, pos, allowed, idx, par):
         """Level > 0: the nodes ``idx`` (parents ``par``) in one forward; their logits ``[1, k, V]``."""
         return self.drf.forward(toks, pos, allowed)
-
-    def final_slots(self, T) -> list[int]:
-        """Draft cache slot of each node of the built (possibly packed) tree, -1 if never fed."""
-        if self.seen_ok is None or bool(self.seen_ok.all()):
-            out = self.slots[:T].tolist()
-            return out + [-1] * (T - len(out))
-        known = self.seen_ok.nonzero()[:, 0]
-        out = [-1] * T
-        for j, s in enumerate(self.slots[known].tolist()[:T]):
-            out[j] = s
-        return out
 
 
 # ------------------------------------------------------------------------- EAGLE feature-level draft
