@@ -154,6 +154,16 @@ def evaluate(target, tok, draft, *, samples_per_prompt=2, max_new_tokens=128, se
     return out
 
 
+def report(res: dict, path: str | None) -> dict:
+    """Print ``res`` as indented JSON and, with ``path`` (``--json``), write it there too."""
+    text = json.dumps(res, indent=2)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    return res
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m rsd.draft.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="draft safetensors (default: the shipped one)")
@@ -184,12 +194,7 @@ def main(argv=None) -> dict:
     res = evaluate(target, tok, draft, samples_per_prompt=args.samples_per_prompt,
                    max_new_tokens=args.max_new_tokens, seed=args.seed, threads=args.threads,
                    context=args.context, steps=args.steps, samples_cache=args.samples_cache)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    return res
+    return report(res, args.json)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ depth; its numbers come from :func:`rsd.draft.evaluate.acceptance_along_samples`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import torch
 from torch import nn
 
 from .eagle import EagleDraft, unrolled_forward
-from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, step_times
+from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, report, step_times
 from .prompts import HELDOUT_PROMPTS
 from .train import EOS_ID
 
@@ -167,12 +166,7 @@ def main(argv=None) -> dict:
         recs = torch.load(args.samples_cache)["records"]
     res = evaluate_eagle(target, tok, draft, baseline, recs=recs, depth=args.depth, threads=args.threads,
                          context=args.context, steps=args.steps, time_steps=not args.no_timing)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text + "\n")
-    return res
+    return report(res, args.json)
 
 
 if __name__ == "__main__":

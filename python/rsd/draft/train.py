@@ -363,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> str:
-    args = build_parser().parse_args(argv)
+def start_run(args, **tiny) -> tuple[float, object, list[list[int]], list[int], str]:
+    """What a training run (this module's and ``train_eagle``'s ``main``) starts with: threads,
+    seed and output folder set; the target, the training prompts and samples per prompt, and a
+    label of the source. ``--tiny`` takes a tiny random target and sets ``args``' sizes to small
+    values (``tiny``: the run's own overrides). Returns ``(t0, target, prompt_ids, counts, src)``."""
     t0 = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -375,31 +378,46 @@ def main(argv=None) -> str:
         rng = random.Random(args.seed)
         prompt_ids = [[1] + [rng.randrange(3, 512) for _ in range(rng.randrange(4, 12))] for _ in range(8)]
         counts = [1] * len(prompt_ids)
-        args.batch_size, args.max_new_tokens = 4, 12
-        args.head_size, args.layers, args.epochs, args.topk, args.warmup = 128, 1, 2, 8, 2
-        src = "tiny random target"
-    else:
-        from ..embedded import load_embedded_target
-        from .prompts import TOPIC_PROMPTS, TRAIN_PROMPTS, chat_ids
+        for k, v in dict(batch_size=4, max_new_tokens=12, head_size=128, topk=8, warmup=2, **tiny).items():
+            setattr(args, k, v)
+        return t0, target, prompt_ids, counts, "tiny random target"
+    from ..embedded import load_embedded_target
+    from .prompts import TOPIC_PROMPTS, TRAIN_PROMPTS, chat_ids
 
-        target, tok = load_embedded_target()
-        prompt_ids = [chat_ids(tok, p) for _, p in TRAIN_PROMPTS + TOPIC_PROMPTS]
-        counts = [args.samples_per_prompt] * len(TRAIN_PROMPTS) + [args.topic_samples] * len(TOPIC_PROMPTS)
-        src = "SmolLM2-135M-Instruct (embedded GGUF)"
+    target, tok = load_embedded_target()
+    prompt_ids = [chat_ids(tok, p) for _, p in TRAIN_PROMPTS + TOPIC_PROMPTS]
+    counts = [args.samples_per_prompt] * len(TRAIN_PROMPTS) + [args.topic_samples] * len(TOPIC_PROMPTS)
+    return t0, target, prompt_ids, counts, "SmolLM2-135M-Instruct (embedded GGUF)"
+
+
+def generation_model(target, gen_dtype: str):
+    """The model that samples the training data: the target itself in float32, else a copy in ``gen_dtype``."""
+    return target if gen_dtype == "float32" else copy.deepcopy(target).to(getattr(torch, gen_dtype))
+
+
+def run_kept_ids(out_dir: str, records: list[dict], vocab_size: int, head_size: int, given=None) -> torch.Tensor:
+    """The head's kept token ids of a run: ``out_dir/kept_ids.pt`` when a (resumed) run saved them;
+    else ``given`` (a tensor) or the ``head_size`` most frequent ids of ``records``, saved there."""
+    path = os.path.join(out_dir, "kept_ids.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    kept = given.long() if given is not None else choose_kept_ids(records, vocab_size, head_size)
+    torch.save(kept, path)
+    return kept
+
+
+def main(argv=None) -> str:
+    args = build_parser().parse_args(argv)
+    t0, target, prompt_ids, counts, src = start_run(args, layers=1, epochs=2)
     budget = args.budget_minutes * 60
-    gen_model = target if args.gen_dtype == "float32" else copy.deepcopy(target).to(getattr(torch, args.gen_dtype))
+    gen_model = generation_model(target, args.gen_dtype)
     paths = generate_data(gen_model, prompt_ids, args.out, samples_per_prompt=counts,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, topk=args.topk,
                           seed=args.seed, deadline=t0 + args.data_frac * budget)
     del gen_model
     records = load_records(paths)
     n_tok = sum(r["topk_ids"].shape[0] for r in records)
-    kept_path = os.path.join(args.out, "kept_ids.pt")
-    if os.path.exists(kept_path):
-        kept = torch.load(kept_path)
-    else:
-        kept = choose_kept_ids(records, target.config.vocab_size, args.head_size)
-        torch.save(kept, kept_path)
+    kept = run_kept_ids(args.out, records, target.config.vocab_size, args.head_size)
     tqdm.write(f"data: {len(records)} responses, {n_tok} response tokens; head keeps {kept.numel()} ids")
     draft = init_draft_from_target(target, kept, args.layers)
     draft = train_draft(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,

@@ -32,7 +32,6 @@ Phases, each resumable (rerun the same command to continue after an interruption
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import json
 import math
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, choose_kept_ids, distill_loss, make_batches, sample_batch, tiny_target
+from .train import EOS_ID, distill_loss, generation_model, make_batches, run_kept_ids, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -305,31 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _given_kept_ids(spec, out_dir):
+    """``--kept-ids``: 'shipped' (the shipped independent draft's head ids), a .pt file, or None
+    (chosen from the data); not read when the run folder already holds its ids."""
+    if not spec or os.path.exists(os.path.join(out_dir, "kept_ids.pt")):
+        return None
+    if spec == "shipped":
+        from safetensors import safe_open
+
+        from . import WEIGHTS_PATH
+        with safe_open(WEIGHTS_PATH, framework="pt") as f:
+            return f.get_tensor("kept_ids")
+    return torch.load(spec)
+
+
 def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
-    t0 = time.time()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    if args.tiny:
-        target = tiny_target(args.seed)
-        rng = random.Random(args.seed)
-        prompt_ids = [[1] + [rng.randrange(3, 512) for _ in range(rng.randrange(4, 12))] for _ in range(8)]
-        counts = [1] * len(prompt_ids)
-        args.batch_size, args.max_new_tokens = 4, 12
-        args.head_size, args.epochs, args.topk, args.warmup = 128, 3, 8, 2
-        src = "tiny random target"
-    else:
-        from ..embedded import load_embedded_target
-        from .prompts import TOPIC_PROMPTS, TRAIN_PROMPTS, chat_ids
-
-        target, tok = load_embedded_target()
-        prompt_ids = [chat_ids(tok, p) for _, p in TRAIN_PROMPTS + TOPIC_PROMPTS]
-        counts = [args.samples_per_prompt] * len(TRAIN_PROMPTS) + [args.topic_samples] * len(TOPIC_PROMPTS)
-        src = "SmolLM2-135M-Instruct (embedded GGUF)"
+    t0, target, prompt_ids, counts, src = start_run(args, epochs=3)
     budget = args.budget_minutes * 60
-    gen_model = target if args.gen_dtype == "float32" else copy.deepcopy(target).to(getattr(torch, args.gen_dtype))
+    gen_model = generation_model(target, args.gen_dtype)
     stats = {}
     pairs = generate_eagle_data(gen_model, prompt_ids, args.out, samples_per_prompt=counts,
                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, topk=args.topk,
@@ -345,22 +338,8 @@ def main(argv=None) -> str:
         return ""
     records = load_eagle_records(pairs)
     n_tok = sum(r["topk_ids"].shape[0] for r in records)
-    kept_path = os.path.join(args.out, "kept_ids.pt")
-    if os.path.exists(kept_path):
-        kept = torch.load(kept_path)
-    elif args.kept_ids == "shipped":
-        from safetensors import safe_open
-
-        from . import WEIGHTS_PATH
-        with safe_open(WEIGHTS_PATH, framework="pt") as f:
-            kept = f.get_tensor("kept_ids").long()
-        torch.save(kept, kept_path)
-    elif args.kept_ids:
-        kept = torch.load(args.kept_ids).long()
-        torch.save(kept, kept_path)
-    else:
-        kept = choose_kept_ids(records, target.config.vocab_size, args.head_size)
-        torch.save(kept, kept_path)
+    kept = run_kept_ids(args.out, records, target.config.vocab_size, args.head_size,
+                        given=_given_kept_ids(args.kept_ids, args.out))
     tqdm.write(f"data: {len(records)} responses, {n_tok} response tokens; head keeps {kept.numel()} ids")
     draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed, init=args.init)
     log = []
