@@ -65,6 +65,17 @@ def heldout_samples(target, tok, samples_per_prompt: int, max_new_tokens: int, s
 
 
 @torch.no_grad()
+def pad_records(chunk: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The records' ``ids`` right-padded with EOS into one batch ``[n, S]`` and its attention mask."""
+    S = max(len(r["ids"]) for r in chunk)
+    ids = torch.full((len(chunk), S), EOS_ID, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, r in enumerate(chunk):
+        ids[b, :len(r["ids"])] = r["ids"].long()
+        mask[b, :len(r["ids"])] = 1
+    return ids, mask
+
+
 def acceptance_along_samples(target, drafts: dict, recs: list[dict], batch_size: int = 8) -> dict:
     """Per-response arrays of ``1 - TV(p, q)``, top-1 agreement and (restricted heads) target mass in the head."""
     acc = {name: [] for name in drafts}
@@ -72,12 +83,7 @@ def acceptance_along_samples(target, drafts: dict, recs: list[dict], batch_size:
     in_head = {name: [] for name in drafts if hasattr(drafts[name], "kept_ids")}
     for s in range(0, len(recs), batch_size):
         chunk = recs[s:s + batch_size]
-        S = max(len(r["ids"]) for r in chunk)
-        ids = torch.full((len(chunk), S), EOS_ID, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(chunk):
-            ids[b, :len(r["ids"])] = r["ids"].long()
-            mask[b, :len(r["ids"])] = 1
+        ids, mask = pad_records(chunk)
         p = torch.softmax(target(input_ids=ids, attention_mask=mask).logits.float(), -1)
         for name, d in drafts.items():
             q = torch.softmax(d(input_ids=ids, attention_mask=mask).logits.float(), -1)

@@ -31,9 +31,8 @@ import torch
 from torch import nn
 
 from .eagle import EagleDraft, unrolled_forward
-from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, report, step_times
+from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, pad_records, report, step_times
 from .prompts import HELDOUT_PROMPTS
-from .train import EOS_ID
 
 
 @torch.no_grad()
@@ -43,12 +42,7 @@ def eagle_acceptance(target, draft: EagleDraft, recs: list[dict], depth: int = 4
     top1 = [[] for _ in range(depth)]
     for s in range(0, len(recs), batch_size):
         chunk = recs[s:s + batch_size]
-        S = max(len(r["ids"]) for r in chunk)
-        ids = torch.full((len(chunk), S), EOS_ID, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, r in enumerate(chunk):
-            ids[b, :len(r["ids"])] = r["ids"].long()
-            mask[b, :len(r["ids"])] = 1
+        ids, mask = pad_records(chunk)
         out = target(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         p = torch.softmax(out.logits.float(), -1)
         feat = out.hidden_states[-1]  # post-norm last hidden state
