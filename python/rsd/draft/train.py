@@ -241,14 +241,20 @@ def distill_loss(logq: torch.Tensor, tk_col: torch.Tensor, tk_lp: torch.Tensor) 
     return (kl_in + kl_rest).mean()
 
 
-def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *, epochs: float, lr: float,
-                max_tokens: int, warmup: int, ckpt_every: int, seed: int, deadline: float,
-                bf16: bool = True, hard_deadline: float | None = None) -> RestrictedHeadDraft:
-    """Phase 3: distil into ``draft``; resumes from ``out_dir/ckpt.pt`` if present.
+def run_training(draft, records: list[dict], out_dir: str, batch_loss, on_step, *, epochs: float, lr: float,
+                 max_tokens: int, warmup: int, ckpt_every: int, seed: int, deadline: float,
+                 hard_deadline: float | None = None, max_steps: int | None = None, desc: str = "train"):
+    """The training loop of both trainers (this module's draft and the EAGLE draft).
 
-    With ``bf16`` the forward pass runs under CPU bfloat16 autocast (about twice as fast
-    on CPUs with AVX512-BF16); parameters, optimiser state and the loss stay float32.
-    Training stops early (keeping what it has) if it is still running at ``hard_deadline``.
+    AdamW over the trainable parameters, warm-up then cosine decay to 10%, gradient clipping at
+    1.0; batches of ``make_batches`` (reshuffled per epoch); ``ckpt.pt`` in ``out_dir`` every
+    ``ckpt_every`` steps and at the end, resumed from when present. The schedule length is
+    decided once, after 5 steps, from the measured speed: as many steps as fit before
+    ``deadline`` (at most ``epochs`` passes, at most ``max_steps``); training stops early
+    (keeping what it has) if it is still running at ``hard_deadline``.
+
+    ``batch_loss(indices) -> loss`` computes one batch's loss; ``on_step(step, loss, ema, lr)``
+    runs after each optimiser step and returns the progress bar's postfix (a dict).
     """
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     params = [p for p in draft.parameters() if p.requires_grad]
@@ -260,9 +266,10 @@ def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *
         opt.load_state_dict(ck["opt"])
         step, total = ck["step"], ck["total"]
         tqdm.write(f"train: resumed at step {step}/{total}")
-    kept, V = draft.kept_ids, draft.config.vocab_size
     per_epoch = len(make_batches(records, max_tokens, seed))
     planned = max(1, int(math.ceil(epochs * per_epoch)))
+    if max_steps:
+        planned = min(planned, max_steps)
 
     def save():
         torch.save({"model": draft.trainable_state_dict(), "opt": opt.state_dict(), "step": step,
@@ -270,22 +277,18 @@ def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
     draft.train()
-    bar = tqdm(total=total or planned, initial=step, desc="train (KL distillation)", unit="step")
+    bar = tqdm(total=total or planned, initial=step, desc=desc, unit="step")
     t_start, s_start, ema = time.time(), step, None
+    batches, batches_epoch = None, None
     while step < (planned if total is None else total):
         epoch, k = divmod(step, per_epoch)
-        batch = make_batches(records, max_tokens, seed + epoch)[k]
-        inp, mask, rb, rt, tk_col, tk_lp = collate(records, batch, kept, V)
-        cur_total = total or planned
-        frac = step / max(1, cur_total)
+        if epoch != batches_epoch:
+            batches, batches_epoch = make_batches(records, max_tokens, seed + epoch), epoch
+        frac = step / max(1, total or planned)
         lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         for g in opt.param_groups:
             g["lr"] = lr_now
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            h = draft.model(input_ids=inp, attention_mask=mask, use_cache=False).last_hidden_state
-            logits = draft.head(h[rb, rt])
-        logq = torch.log_softmax(logits.float(), -1)
-        loss = distill_loss(logq, tk_col, tk_lp)
+        loss = batch_loss(batches[k])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -293,7 +296,7 @@ def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *
         step += 1
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix(kl=f"{ema:.3f}", lr=f"{lr_now:.1e}")
+        bar.set_postfix(**on_step(step, loss.item(), ema, lr_now))
         if total is None and (step - s_start >= 5 or step >= planned):  # decide the schedule length once, from measured speed
             per_step = (time.time() - t_start) / (step - s_start)
             fit = step + int(max(0.0, deadline - time.time()) / per_step)
@@ -310,6 +313,30 @@ def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *
     save()
     draft.eval()
     return draft
+
+
+def train_draft(draft: RestrictedHeadDraft, records: list[dict], out_dir: str, *, epochs: float, lr: float,
+                max_tokens: int, warmup: int, ckpt_every: int, seed: int, deadline: float,
+                bf16: bool = True, hard_deadline: float | None = None) -> RestrictedHeadDraft:
+    """Phase 3: distil into ``draft`` (:func:`run_training`); resumes from ``out_dir/ckpt.pt`` if present.
+
+    With ``bf16`` the forward pass runs under CPU bfloat16 autocast (about twice as fast
+    on CPUs with AVX512-BF16); parameters, optimiser state and the loss stay float32.
+    Training stops early (keeping what it has) if it is still running at ``hard_deadline``.
+    """
+    kept, V = draft.kept_ids, draft.config.vocab_size
+
+    def batch_loss(idx):
+        inp, mask, rb, rt, tk_col, tk_lp = collate(records, idx, kept, V)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = draft.model(input_ids=inp, attention_mask=mask, use_cache=False).last_hidden_state
+            logits = draft.head(h[rb, rt])
+        return distill_loss(torch.log_softmax(logits.float(), -1), tk_col, tk_lp)
+
+    return run_training(draft, records, out_dir, batch_loss, lambda step, loss, ema, lr_now: {
+        "kl": f"{ema:.3f}", "lr": f"{lr_now:.1e}"}, epochs=epochs, lr=lr, max_tokens=max_tokens, warmup=warmup,
+        ckpt_every=ckpt_every, seed=seed, deadline=deadline, hard_deadline=hard_deadline,
+        desc="train (KL distillation)")
 
 
 # --------------------------------------------------------------------------- export

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import random
 import shutil
@@ -45,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, distill_loss, generation_model, make_batches, run_kept_ids, sample_batch, start_run
+from .train import EOS_ID, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -200,67 +199,27 @@ def eagle_loss(draft, batch, *, unroll, feat_weight, step_decay, noise=0.0, bf16
 def train_eagle(draft: EagleDraft, records, out_dir, *, epochs, lr, max_tokens, warmup, ckpt_every, seed, deadline,
                 unroll=2, feat_weight=1.0, step_decay=0.8, noise=0.0, bf16=True, detach=False,
                 hard_deadline=None, max_steps=None, log=None) -> EagleDraft:
-    """Phase 3; resumes from ``out_dir/ckpt.pt``. ``log`` (a list) receives one dict per step."""
-    ckpt_path = os.path.join(out_dir, "ckpt.pt")
-    params = [p for p in draft.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    step, total = 0, None
-    if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path)
-        draft.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["opt"])
-        step, total = ck["step"], ck["total"]
-        tqdm.write(f"train: resumed at step {step}/{total}")
+    """Phase 3 (:func:`rsd.draft.train.run_training`); resumes from ``out_dir/ckpt.pt``. ``log`` (a
+    list) receives one dict per step."""
     kept, V = draft.kept_ids, draft.config.vocab_size
-    per_epoch = len(make_batches(records, max_tokens, seed))
-    planned = max(1, int(math.ceil(epochs * per_epoch)))
-    if max_steps:
-        planned = min(planned, max_steps)
+    last = {}
 
-    def save():
-        torch.save({"model": draft.trainable_state_dict(), "opt": opt.state_dict(), "step": step, "total": total},
-                   ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)
+    def batch_loss(idx):
+        loss, last["parts"] = eagle_loss(draft, collate_eagle(records, idx, kept, V), unroll=unroll,
+                                         feat_weight=feat_weight, step_decay=step_decay, noise=noise, bf16=bf16,
+                                         detach=detach)
+        return loss
 
-    draft.train()
-    bar = tqdm(total=total or planned, initial=step, desc="train (eagle)", unit="step")
-    t_start, s_start, ema = time.time(), step, None
-    while step < (planned if total is None else total):
-        epoch, k = divmod(step, per_epoch)
-        batch = collate_eagle(records, make_batches(records, max_tokens, seed + epoch)[k], kept, V)
-        frac = step / max(1, total or planned)
-        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-        for g in opt.param_groups:
-            g["lr"] = lr_now
-        loss, parts = eagle_loss(draft, batch, unroll=unroll, feat_weight=feat_weight, step_decay=step_decay,
-                                 noise=noise, bf16=bf16, detach=detach)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+    def on_step(step, loss, ema, lr_now):
+        parts = last["parts"]
         if log is not None:
-            log.append({"step": step, "loss": loss.item(), "kl": [p[0] for p in parts], "feat": [p[1] for p in parts]})
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", kl0=f"{parts[0][0]:.3f}", kl_last=f"{parts[-1][0]:.3f}",
-                        feat0=f"{parts[0][1]:.3f}")
-        if total is None and (step - s_start >= 5 or step >= planned):
-            per_step = (time.time() - t_start) / (step - s_start)
-            fit = step + int(max(0.0, deadline - time.time()) / per_step)
-            total = max(step, min(planned, fit))
-            bar.total = total
-            bar.refresh()
-            tqdm.write(f"train: {per_step:.2f} s/step, {per_epoch} steps/epoch, schedule = {total} steps")
-        if step % ckpt_every == 0 or step == total:
-            save()
-        if hard_deadline is not None and time.time() > hard_deadline and step < (total or planned):
-            tqdm.write(f"train: budget exhausted at step {step} of {total}")
-            break
-    bar.close()
-    save()
-    draft.eval()
-    return draft
+            log.append({"step": step, "loss": loss, "kl": [p[0] for p in parts], "feat": [p[1] for p in parts]})
+        return {"loss": f"{ema:.3f}", "kl0": f"{parts[0][0]:.3f}", "kl_last": f"{parts[-1][0]:.3f}",
+                "feat0": f"{parts[0][1]:.3f}"}
+
+    return run_training(draft, records, out_dir, batch_loss, on_step, epochs=epochs, lr=lr, max_tokens=max_tokens,
+                        warmup=warmup, ckpt_every=ckpt_every, seed=seed, deadline=deadline,
+                        hard_deadline=hard_deadline, max_steps=max_steps, desc="train (eagle)")
 
 
 # ----------------------------------------------------------------------------- main
