@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
+from .train import EOS_ID, collate, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -153,27 +153,18 @@ def collate_eagle(records, idx, kept_ids, vocab_size):
     ``F[i-1]`` (zeros at 0); its output predicts ``F[i]`` and the distribution of
     ``ids[i+1]`` (stored top-k for response positions).
     """
-    col = torch.full((vocab_size,), -1, dtype=torch.long)
-    col[kept_ids] = torch.arange(kept_ids.numel())
-    S = max(len(records[i]["ids"]) for i in idx) - 1
-    B, H = len(idx), records[idx[0]]["feat"].shape[-1]
-    inp = torch.full((B, S), EOS_ID, dtype=torch.long)
-    mask = torch.zeros((B, S), dtype=torch.long)
+    inp, mask, rows_b, rows_t, tk_col, tk_lp = collate(records, idx, kept_ids, vocab_size)
+    B, S = inp.shape
+    H = records[idx[0]]["feat"].shape[-1]
     prev = torch.zeros((B, S, H))
     tgt = torch.zeros((B, S, H))
-    rows_b, rows_t, tk_col, tk_lp = [], [], [], []
     for b, i in enumerate(idx):
         r = records[i]
         L = len(r["ids"]) - 1
-        inp[b, :L] = r["ids"][:-1].long()
-        mask[b, :L] = 1
         f = r["feat"].float()
         prev[b, 1:L] = f[:L - 1]  # features of ids[:L]; a stored feature of the last token is unused
         tgt[b, :L] = f[:L]
-        n = r["topk_ids"].shape[0]
-        rows_b.append(torch.full((n,), b)), rows_t.append(torch.arange(r["start"] - 1, r["start"] - 1 + n))
-        tk_col.append(col[r["topk_ids"].long()]), tk_lp.append(r["topk_lp"].float())
-    return inp, mask, prev, tgt, torch.cat(rows_b), torch.cat(rows_t), torch.cat(tk_col), torch.cat(tk_lp)
+    return inp, mask, prev, tgt, rows_b, rows_t, tk_col, tk_lp
 
 
 def eagle_loss(draft, batch, *, unroll, feat_weight, step_decay, noise=0.0, bf16=True, detach=False):
