@@ -14,7 +14,7 @@ from scipy.stats import chisquare
 
 import rsd_kernels
 from rsd.draft import eagle as E
-from rsd.draft.train import tiny_target
+from rsd.draft.train import LayerTap, tiny_target
 from rsd.generate import Decoder, generate
 
 from loop_models import always_accept_first_child, greedy_by_recompute
@@ -30,8 +30,8 @@ def target():
     return tiny_target(0)
 
 
-def _draft(target, kept, scale=0.05, seed=0):
-    d = E.init_eagle_from_target(target, kept, 1, seed=seed).eval()
+def _draft(target, kept, scale=0.05, seed=0, feature_layers=()):
+    d = E.init_eagle_from_target(target, kept, 1, seed=seed, feature_layers=feature_layers).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in d.parameters():
@@ -40,9 +40,10 @@ def _draft(target, kept, scale=0.05, seed=0):
     return d.requires_grad_(False)
 
 
-@pytest.fixture(scope="module")
-def draft(target):
-    return _draft(target, torch.arange(0, V, 3))
+@pytest.fixture(scope="module", params=[(), (0, 1)], ids=["final-feature", "layers-0-1"])
+def draft(target, request):
+    """Reads the target's final feature, or (EAGLE-3 style) also its layers 0 and 1's outputs."""
+    return _draft(target, torch.arange(0, V, 3), feature_layers=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,10 @@ def _draft_from_scratch(target, draft, committed, path_tokens):
     without any cache: committed tokens read the target's features of their predecessors (zeros at 0),
     path tokens their parent's predicted feature."""
     ids = torch.tensor([committed])
-    F = target.model(input_ids=ids).last_hidden_state[0]
+    with LayerTap(target, draft.feature_layers) as tap:
+        F = tap.features(target.model(input_ids=ids).last_hidden_state)[0]
+    if draft.feature_layers:  # projected here so that path tokens' predicted features can follow
+        F = draft.project(F)
     feats = torch.cat([F.new_zeros(1, F.shape[-1]), F[:-1]], 0)
     out = draft(ids, feats[None])
     logits, f = out.logits[0, -1], out.features[0, -1]

@@ -135,15 +135,21 @@ class ModelAdapter:
         self._capturing = False
         self.reset()
 
-    def enable_features(self):
+    def enable_features(self, layers=()):
         """Make every forward also leave the model's last hidden states (after its final norm: what
         the LM head reads, the feature an EAGLE draft consumes) in :attr:`features` ``[1, n, H]``.
 
         A forward hook on the final norm keeps a reference to its output (no copy, no second
         forward, no per-layer hidden states); for an EAGLE draft that output is its predicted
-        feature. Idempotent.
+        feature. With ``layers`` (decoder layer indices, for a draft trained on several layers'
+        features) hooks also keep those layers' outputs and :attr:`features` is
+        ``[1, n, (len(layers) + 1) * H]``: those outputs, then the final feature. Idempotent for the
+        same ``layers``.
         """
+        layers = tuple(int(i) for i in layers)
         if self._hook is not None:
+            if layers != self._feature_layers:
+                raise ValueError(f"layers: features already enabled for layers {list(self._feature_layers)}")
             return self
         norm = None
         for owner in (self._tmodel, getattr(self._tmodel, "model", None)):
@@ -154,9 +160,21 @@ class ModelAdapter:
             raise ValueError(f"{type(self.model).__name__}: no final norm (.model.norm) to read the last hidden "
                              "states from")
 
+        taps, self._feature_layers = {}, layers
+        if layers:
+            blocks = getattr(getattr(self._tmodel, "model", self._tmodel), "layers", None)
+            bad = [i for i in layers if blocks is None or not 0 <= i < len(blocks)]
+            if bad:
+                raise ValueError(f"layers: {bad} are not decoder layers of {type(self.model).__name__}")
+            for i in layers:
+                def tap(_module, _inputs, output, i=i):
+                    if self._capturing:
+                        taps[i] = output[0] if isinstance(output, tuple) else output
+                blocks[i].register_forward_hook(tap)
+
         def hook(_module, _inputs, output):
             if self._capturing:
-                self.features = output
+                self.features = torch.cat([taps[i] for i in layers] + [output], -1) if layers else output
         self._hook = norm.register_forward_hook(hook)
         return self
 

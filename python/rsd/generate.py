@@ -215,7 +215,7 @@ class Decoder:
             ht, hd = self.target.model.config.hidden_size, self.draft.model.config.hidden_size
             if ht != hd:
                 raise ValueError(f"EAGLE draft width ({hd}) differs from the target's hidden size ({ht})")
-            self.target.enable_features()
+            self.target.enable_features(getattr(self.draft.model, "feature_layers", ()))
             self.draft.enable_features()
         self.state = None
         self.block = 0
@@ -547,7 +547,7 @@ def _eagle_prefill(tgt, drf, ids, room):
     """Both caches over the prompt but its last token; the loop state with the root's feature."""
     for m in (tgt, drf):
         m.reset(room)
-    H = drf.model.config.hidden_size
+    H = drf.model.feature_width  # a target feature (with the extra layers' outputs, if any)
     n = ids.numel()
     if n == 1:
         return _LoopState(root=int(ids[0]), pending=[], feats=torch.zeros(1, H, device=drf.device))

@@ -88,19 +88,46 @@ class EagleOutput(ModelOutput):
 class EagleDraft(RestrictedHead, nn.Module):
     """EAGLE-style draft: fusion(feature, embedding) -> Llama layer(s) -> norm -> restricted head."""
 
-    def __init__(self, config: LlamaConfig, kept_ids: torch.Tensor):
+    def __init__(self, config: LlamaConfig, kept_ids: torch.Tensor, feature_layers=()):
         super().__init__()
         self.config = config
         H = config.hidden_size
         self.model = LlamaModel(config)  # embed_tokens = the target's (frozen); norm = draft's final norm
         self.model.embed_tokens.weight.requires_grad_(False)
         self.fc = nn.Linear(2 * H, H, bias=True)
+        self.feature_layers = tuple(int(i) for i in feature_layers)
+        if self.feature_layers:  # target features = those layers' outputs + the final feature
+            self.feat_proj = nn.Linear(self.feature_width, H, bias=False)
         kept_ids = torch.as_tensor(kept_ids, dtype=torch.long)
         self.head = nn.Linear(H, kept_ids.numel(), bias=False)
         self.register_buffer("kept_ids", kept_ids, persistent=True)
 
+    @property
+    def feature_width(self) -> int:
+        """Width of a *target* feature: ``(len(feature_layers) + 1) * H`` (``H`` without extra layers)."""
+        return (len(self.feature_layers) + 1) * self.config.hidden_size
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Target features ``[..., feature_width]`` -> ``[..., H]``: the extra layers' outputs
+        RMS-normalised (no weight), then ``feat_proj`` (initialised to pick the final feature)."""
+        H = self.config.hidden_size
+        parts = list(features.split(H, -1))
+        eps = self.config.rms_norm_eps
+        parts[:-1] = [g * torch.rsqrt(g.float().pow(2).mean(-1, keepdim=True) + eps).to(g.dtype) for g in parts[:-1]]
+        return self.feat_proj(torch.cat(parts, -1))
+
     def fuse(self, input_ids: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``fc([embed(x) ; f])``. ``features`` is ``[..., H]`` (a predicted feature, or a target
+        feature when there are no extra layers) or ``[..., feature_width]`` (a target feature with
+        the extra layers' outputs, projected first)."""
         e = self.model.embed_tokens(input_ids)
+        H = self.config.hidden_size
+        w = features.shape[-1]
+        if self.feature_layers and w == self.feature_width:
+            features = self.project(features.to(e.dtype))
+        elif w != H:
+            raise ValueError(f"features: last dimension {w}, expected {H}"
+                             + (f" or {self.feature_width}" if self.feature_layers else ""))
         return self.fc(torch.cat([e, features.to(e.dtype)], -1))
 
     def forward(self, input_ids, features, attention_mask=None, position_ids=None, past_key_values=None,
@@ -142,8 +169,8 @@ def unrolled_forward(draft: EagleDraft, input_ids: torch.Tensor, prev_features: 
                      restricted: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The draft over a sequence as ``steps`` streams (training-time test, as EAGLE-3).
 
-    ``input_ids`` ``[B, S]`` tokens ``x_t``; ``prev_features`` ``[B, S, H]`` the target's
-    ``f_{t-1}``; ``pad_mask`` ``[B, S]`` (1 = real token, right padding). Returns per stream
+    ``input_ids`` ``[B, S]`` tokens ``x_t``; ``prev_features`` ``[B, S, draft.feature_width]``
+    the target's ``f_{t-1}``; ``pad_mask`` ``[B, S]`` (1 = real token, right padding). Returns per stream
     ``k = 0..steps-1`` the pair ``(logits, features)`` at every position: stream ``k`` at
     ``t`` is exactly the draft's output at a depth-``k`` tree node (root ``t - k``) in a
     chain that follows the sequence, i.e. it gives ``q`` for the depth-``k + 1`` token
@@ -180,7 +207,7 @@ def eagle_config_from_target(target_config, num_layers: int = 1) -> LlamaConfig:
 
 def init_eagle_from_target(target, kept_ids: torch.Tensor, num_layers: int = 1,
                            init_layers: tuple[int, ...] | None = None, seed: int = 0,
-                           init: str = "copy") -> EagleDraft:
+                           init: str = "copy", feature_layers=()) -> EagleDraft:
     """Draft sharing the target's (frozen) embedding; head = the kept rows of the target's tied head,
     norm = the target's final norm, layers copied from the target's ``init_layers`` (default: its
     last ``num_layers``).
@@ -193,11 +220,18 @@ def init_eagle_from_target(target, kept_ids: torch.Tensor, num_layers: int = 1,
     previous position -- a far better start than a random mix (KL ~6.8 instead of 10-13
     nats on the target's samples). The embedding part of the fusion starts at small noise.
     ``init="mean"``: fusion ``[0.5 I ; 0.5 I]``, layers copied unchanged.
+
+    With ``feature_layers`` (EAGLE-3 style) the target feature also carries those decoder
+    layers' outputs; ``feat_proj`` starts as ``[0 .. 0 ; I]`` (the final feature alone), so the
+    untrained draft is the same as without them.
     """
     torch.manual_seed(seed)
     cfg = eagle_config_from_target(target.config, num_layers)
-    draft = EagleDraft(cfg, kept_ids)
     n_t = target.config.num_hidden_layers
+    bad = [i for i in feature_layers if not 0 <= int(i) < n_t]
+    if bad:
+        raise ValueError(f"feature_layers: {bad} outside the target's {n_t} layers")
+    draft = EagleDraft(cfg, kept_ids, feature_layers)
     init_layers = tuple(init_layers) if init_layers is not None else tuple(range(n_t - num_layers, n_t))
     tsd = target.model.state_dict()
     sd = {"embed_tokens.weight": tsd["embed_tokens.weight"], "norm.weight": tsd["norm.weight"]}
@@ -222,6 +256,9 @@ def init_eagle_from_target(target, kept_ids: torch.Tensor, num_layers: int = 1,
         else:
             raise ValueError(f"init must be 'copy' or 'mean', not {init!r}")
         draft.fc.bias.zero_()
+        if draft.feature_layers:
+            draft.feat_proj.weight.zero_()
+            draft.feat_proj.weight[:, -H:].copy_(eye)
         draft.head.weight.copy_(target.get_output_embeddings().weight.detach()[kept_ids])
     draft.model.embed_tokens.weight.requires_grad_(False)
     return draft
@@ -234,6 +271,7 @@ def export_eagle(draft: EagleDraft, path: str, info: dict | None = None) -> str:
     sd = {k: (v.to(torch.int32) if k == "kept_ids" else v.detach().to(torch.float16)).contiguous()
           for k, v in draft.trainable_state_dict().items()}
     save_file(sd, path, metadata={"format": FORMAT, "config": config_to_json(draft.config),
+                                  "feature_layers": json.dumps(list(draft.feature_layers)),
                                   "info": json.dumps(info or {})})
     return path
 
@@ -251,8 +289,12 @@ def load_eagle(path: str, embedding: torch.Tensor, dtype=torch.float32) -> Eagle
     kept = sd.pop("kept_ids").long()
     if tuple(embedding.shape) != (config.vocab_size, config.hidden_size):
         raise ValueError(f"embedding shape {tuple(embedding.shape)} does not match the draft's")
-    draft = EagleDraft(config, kept)
-    draft.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
+    draft = EagleDraft(config, kept, json.loads(meta.get("feature_layers", "[]")))
+    missing, unexpected = draft.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
+    missing = [k for k in missing if k not in ("model.embed_tokens.weight", "kept_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the draft's config (missing {missing}, "
+                         f"unexpected {unexpected})")
     emb = embedding.detach()
     draft.model.embed_tokens.weight = nn.Parameter(emb if emb.dtype == dtype else emb.to(dtype), requires_grad=False)
     draft.info = json.loads(meta.get("info", "{}"))

@@ -33,6 +33,7 @@ from torch import nn
 from .eagle import EagleDraft, unrolled_forward
 from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, pad_records, report, step_times
 from .prompts import HELDOUT_PROMPTS
+from .train import LayerTap
 
 
 @torch.no_grad()
@@ -43,9 +44,10 @@ def eagle_acceptance(target, draft: EagleDraft, recs: list[dict], depth: int = 4
     for s in range(0, len(recs), batch_size):
         chunk = recs[s:s + batch_size]
         ids, mask = pad_records(chunk)
-        out = target(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        with LayerTap(target, draft.feature_layers) as tap:
+            out = target(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            feat = tap.features(out.hidden_states[-1])  # [extra layers' outputs,] post-norm last hidden state
         p = torch.softmax(out.logits.float(), -1)
-        feat = out.hidden_states[-1]  # post-norm last hidden state
         prev = torch.cat([torch.zeros_like(feat[:, :1]), feat[:, :-1]], 1)
         streams = unrolled_forward(draft, ids, prev.to(draft.dtype), mask, depth, restricted=False)
         for d, (logits, _) in enumerate(streams):
@@ -80,7 +82,7 @@ class _FeatureStep(nn.Module):
         self.draft = draft
 
     def forward(self, input_ids, **kw):
-        f = torch.zeros((*input_ids.shape, self.draft.config.hidden_size), dtype=self.draft.dtype)
+        f = torch.zeros((*input_ids.shape, self.draft.feature_width), dtype=self.draft.dtype)
         return self.draft(input_ids, f, **kw)
 
 

@@ -53,9 +53,42 @@ FORMAT = "rsd-draft-v1"
 
 
 # ----------------------------------------------------------------------------- data
+class LayerTap:
+    """Forward hooks that keep the outputs of some decoder layers of ``model`` (a ``...ForCausalLM``
+    or its ``.model``) during a ``with`` block: ``tap.outputs[i]`` after each forward."""
+
+    def __init__(self, model, layers):
+        self.layers = tuple(int(i) for i in layers)
+        base = getattr(model, "model", model)
+        n = len(base.layers)
+        bad = [i for i in self.layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"feature_layers: {bad} outside the model's {n} decoder layers")
+        self._mods = [base.layers[i] for i in self.layers]
+        self.outputs, self._hooks = {}, []
+
+    def __enter__(self):
+        def make(i):
+            def hook(_m, _inp, out):
+                self.outputs[i] = out[0] if isinstance(out, tuple) else out
+            return hook
+        self._hooks = [m.register_forward_hook(make(i)) for i, m in zip(self.layers, self._mods)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def features(self, last_hidden_state):
+        """``[..., (len(layers) + 1) * H]``: the tapped layers' outputs, then the post-norm state."""
+        return torch.cat([self.outputs[i] for i in self.layers] + [last_hidden_state], -1)
+
+
 @torch.no_grad()
 def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: int, generator: torch.Generator,
-                 eos_id: int = EOS_ID, pad_id: int = EOS_ID, features: bool = False) -> list[dict]:
+                 eos_id: int = EOS_ID, pad_id: int = EOS_ID, features: bool = False,
+                 feature_layers=()) -> list[dict]:
     """Sample one response per prompt from ``target`` at temperature 1 (left-padded batch, KV cache).
 
     Returns one record per prompt: ``ids`` (prompt + response, int32), ``start`` (index of
@@ -67,6 +100,8 @@ def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: in
     With ``features`` each record also has ``feat`` ``[len(ids) - 1, H]`` bfloat16: the
     target's last (post-norm) hidden state at every position it processed (all but the
     last token), a by-product of the sampling forwards (the EAGLE draft's training input).
+    With ``feature_layers`` the outputs of those decoder layers come first (:class:`LayerTap`):
+    ``feat`` is then ``[len(ids) - 1, (len(feature_layers) + 1) * H]``.
     """
     B = len(prompts)
     S = max(len(p) for p in prompts)
@@ -81,9 +116,10 @@ def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: in
         if not features:
             out = target(**kw, use_cache=True, logits_to_keep=1)
             return out.past_key_values, out.logits[:, -1].float(), None
-        out = target.model(**kw, use_cache=True)
+        with LayerTap(target, feature_layers) as tap:
+            out = target.model(**kw, use_cache=True)
         h = out.last_hidden_state
-        return out.past_key_values, target.lm_head(h[:, -1]).float(), h.to(torch.bfloat16)
+        return out.past_key_values, target.lm_head(h[:, -1]).float(), tap.features(h).to(torch.bfloat16)
 
     cache, logits, h = forward(input_ids=ids, attention_mask=mask, position_ids=pos)
     if features:

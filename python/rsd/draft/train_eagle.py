@@ -44,13 +44,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, collate, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
+from .train import EOS_ID, LayerTap, collate, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
 @torch.no_grad()
-def target_features(target, seqs: list[torch.Tensor], max_tokens: int = 4096) -> list[torch.Tensor]:
-    """Teacher-forced last (post-norm) hidden states ``[L, H]`` bf16 for each sequence (right-padded batches)."""
+def target_features(target, seqs: list[torch.Tensor], max_tokens: int = 4096, feature_layers=()) -> list[torch.Tensor]:
+    """Teacher-forced last (post-norm) hidden states ``[L, H]`` bf16 for each sequence (right-padded batches);
+    with ``feature_layers`` those layers' outputs first (``[L, (len(feature_layers) + 1) * H]``)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out: list = [None] * len(seqs)
     s = 0
@@ -66,7 +67,8 @@ def target_features(target, seqs: list[torch.Tensor], max_tokens: int = 4096) ->
         for b, i in enumerate(idx):
             ids[b, :len(seqs[i])] = seqs[i].long()
             mask[b, :len(seqs[i])] = 1
-        h = target.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        with LayerTap(target, feature_layers) as tap:
+            h = tap.features(target.model(input_ids=ids, attention_mask=mask).last_hidden_state)
         for b, i in enumerate(idx):
             out[i] = h[b, :len(seqs[i])].to(torch.bfloat16).clone()
         s = e
@@ -75,7 +77,7 @@ def target_features(target, seqs: list[torch.Tensor], max_tokens: int = 4096) ->
 
 def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batch_size, max_new_tokens, topk,
                         seed, deadline, samples_from=None, stats=None, max_shards=None,
-                        features_in_sampling=True) -> list[tuple[str, str]]:
+                        features_in_sampling=True, feature_layers=()) -> list[tuple[str, str]]:
     """Phase 1: ``data/shard_XXXX.pt`` (samples) + ``feat/shard_XXXX.pt`` (features); returns the complete pairs.
 
     With ``features_in_sampling`` new shards take their features from the sampling forwards
@@ -85,6 +87,17 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
     data_dir, feat_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "feat")
     os.makedirs(data_dir, exist_ok=True)
     os.makedirs(feat_dir, exist_ok=True)
+    layers_file = os.path.join(feat_dir, "feature_layers.json")
+    if os.path.exists(layers_file):
+        with open(layers_file) as f:
+            stored = json.load(f)
+        if stored != list(feature_layers):
+            raise ValueError(f"feature_layers: {list(feature_layers)} but {feat_dir} holds features of layers {stored}")
+    elif glob.glob(os.path.join(feat_dir, "shard_*.pt")) and feature_layers:
+        raise ValueError(f"feature_layers: {feat_dir} holds features without extra layers")
+    else:
+        with open(layers_file, "w") as f:
+            json.dump(list(feature_layers), f)
     if samples_from:
         for p in sorted(glob.glob(os.path.join(samples_from, "data", "shard_*.pt"))):
             dst = os.path.join(data_dir, os.path.basename(p))
@@ -111,7 +124,7 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
             g = torch.Generator().manual_seed(seed * 100003 + k)
             t = time.time()
             recs = sample_batch(target, [prompt_ids[i] for i in shards[k]], max_new_tokens, topk, g,
-                                features=features_in_sampling)
+                                features=features_in_sampling, feature_layers=feature_layers)
             stats["sample_s"] += time.time() - t
             stats["sample_tok"] += sum(r["topk_ids"].shape[0] for r in recs)
             if features_in_sampling:
@@ -123,7 +136,7 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
         if not os.path.exists(fpath):
             recs = torch.load(dpath)
             t = time.time()
-            feats = target_features(target, [r["ids"] for r in recs])
+            feats = target_features(target, [r["ids"] for r in recs], feature_layers=feature_layers)
             stats["feat_s"] += time.time() - t
             stats["feat_tok"] += sum(len(r["ids"]) for r in recs)
             torch.save(feats, fpath + ".tmp")
@@ -146,24 +159,26 @@ def load_eagle_records(pairs) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- train
-def collate_eagle(records, idx, kept_ids, vocab_size):
+def collate_eagle(records, idx, kept_ids, vocab_size, hidden=None):
     """Inputs for :func:`unrolled_forward` and the per-position targets.
 
     Position ``i`` of the draft's sequence reads token ``ids[i]`` and the target feature
-    ``F[i-1]`` (zeros at 0); its output predicts ``F[i]`` and the distribution of
+    ``F[i-1]`` (zeros at 0); its output predicts ``F[i]`` (the final, post-norm part: the last
+    ``hidden`` columns when the stored features carry extra layers) and the distribution of
     ``ids[i+1]`` (stored top-k for response positions).
     """
     inp, mask, rows_b, rows_t, tk_col, tk_lp = collate(records, idx, kept_ids, vocab_size)
     B, S = inp.shape
-    H = records[idx[0]]["feat"].shape[-1]
-    prev = torch.zeros((B, S, H))
+    W = records[idx[0]]["feat"].shape[-1]
+    H = hidden or W
+    prev = torch.zeros((B, S, W))
     tgt = torch.zeros((B, S, H))
     for b, i in enumerate(idx):
         r = records[i]
         L = len(r["ids"]) - 1
         f = r["feat"].float()
         prev[b, 1:L] = f[:L - 1]  # features of ids[:L]; a stored feature of the last token is unused
-        tgt[b, :L] = f[:L]
+        tgt[b, :L] = f[:L, W - H:]
     return inp, mask, prev, tgt, rows_b, rows_t, tk_col, tk_lp
 
 
@@ -196,7 +211,8 @@ def train_eagle(draft: EagleDraft, records, out_dir, *, epochs, lr, max_tokens, 
     last = {}
 
     def batch_loss(idx):
-        loss, last["parts"] = eagle_loss(draft, collate_eagle(records, idx, kept, V), unroll=unroll,
+        batch = collate_eagle(records, idx, kept, V, draft.config.hidden_size)
+        loss, last["parts"] = eagle_loss(draft, batch, unroll=unroll,
                                          feat_weight=feat_weight, step_decay=step_decay, noise=noise, bf16=bf16,
                                          detach=detach)
         return loss
@@ -235,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--head-size", type=int, default=8192)
     ap.add_argument("--kept-ids", default=None,
                     help="'shipped' = the shipped independent draft's head ids, or a .pt file; default: from the data")
+    ap.add_argument("--feature-layers", type=_int_list, default=(),
+                    help="comma-separated target decoder layers whose outputs join the final feature (EAGLE-3 style)")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--init", choices=("copy", "mean"), default="copy",
                     help="copy: start as f^_t = f_{t-1} (see rsd.draft.eagle.init_eagle_from_target)")
@@ -252,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fp32", action="store_true")
     return ap
+
+
+def _int_list(text):
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def _given_kept_ids(spec, out_dir):
@@ -278,7 +300,8 @@ def main(argv=None) -> str:
                                 batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, topk=args.topk,
                                 seed=args.seed, deadline=t0 + args.data_frac * budget,
                                 samples_from=args.samples_from, stats=stats, max_shards=args.max_shards,
-                                features_in_sampling=not args.teacher_forced_features)
+                                features_in_sampling=not args.teacher_forced_features,
+                                feature_layers=args.feature_layers)
     del gen_model
     for kind in ("sample", "feat"):
         if stats[f"{kind}_tok"]:
@@ -291,7 +314,11 @@ def main(argv=None) -> str:
     kept = run_kept_ids(args.out, records, target.config.vocab_size, args.head_size,
                         given=_given_kept_ids(args.kept_ids, args.out))
     tqdm.write(f"data: {len(records)} responses, {n_tok} response tokens; head keeps {kept.numel()} ids")
-    draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed, init=args.init)
+    width = records[0]["feat"].shape[-1]
+    if width != (len(args.feature_layers) + 1) * target.config.hidden_size:
+        raise ValueError(f"--feature-layers {list(args.feature_layers)}: the stored features are {width} wide")
+    draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed, init=args.init,
+                                   feature_layers=args.feature_layers)
     log = []
     draft = train_eagle(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,
                         warmup=args.warmup, ckpt_every=args.ckpt_every, seed=args.seed,
