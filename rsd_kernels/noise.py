@@ -86,8 +86,19 @@ def gumbel_from_uniform(u: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
-def gumbel_noise(seed: int, offset: int, rows: int, vocab: int, *, row_start: int = 0, device=None) -> torch.Tensor:
-    """The ``GUMBEL`` stream as a ``[rows, vocab]`` float32 tensor (sampling, beam step)."""
+def gumbel_noise(seed: int, offset: int, rows: int, vocab: int, *, row_start: int = 0, device=None,
+                 where: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``GUMBEL`` stream as a ``[rows, vocab]`` float32 tensor (sampling, beam step).
+
+    ``where`` (bool ``[rows, vocab]``): draw only those entries (the same values as without it)
+    and leave the others 0 -- for logits that are ``-inf`` outside a restricted vocabulary,
+    whose noise is never read.
+    """
+    if where is not None and not bool(where.all()):
+        r, x = where.reshape(rows, vocab).nonzero(as_tuple=True)
+        out = torch.zeros(rows, vocab, dtype=torch.float32)
+        out[r, x] = gumbel_from_uniform(uniform(seed, offset, r.cpu() + row_start, STREAM_GUMBEL, x.cpu()))
+        return out.to(device)
     r = torch.arange(row_start, row_start + rows, dtype=torch.int64)[:, None]
     x = torch.arange(vocab, dtype=torch.int64)[None, :]
     return gumbel_from_uniform(uniform(seed, offset, r, STREAM_GUMBEL, x)).to(device)

@@ -36,3 +36,28 @@ def test_bad_seed():
         noise.gumbel_noise(-1, 0, 1, 4)
     with pytest.raises(TypeError, match="offset must be an int"):
         noise.gumbel_noise(1, 2**40, 1, 4)
+
+
+def test_gumbel_noise_drawn_only_where_read():
+    """``where=``: the same values at the drawn entries, 0 elsewhere; and the seeded reference samplers,
+    which draw only at finite logits, give the same draws as with the full explicit noise."""
+    from rsd_kernels.sampling import reference as ref
+
+    g = torch.Generator().manual_seed(0)
+    where = torch.rand(5, 300, generator=g) < 0.2
+    full = noise.gumbel_noise(9, 3, 5, 300, row_start=2)
+    part = noise.gumbel_noise(9, 3, 5, 300, row_start=2, where=where)
+    assert torch.equal(part[where], full[where]) and not part[~where].any()
+    assert torch.equal(noise.gumbel_noise(9, 3, 5, 300, where=torch.ones(5, 300, dtype=torch.bool)),
+                       noise.gumbel_noise(9, 3, 5, 300))
+    logits = torch.randn(5, 300, generator=g).masked_fill(~where, float("-inf"))
+    k = torch.full((5,), 4, dtype=torch.int32)
+    a = ref.sample_topk(logits, k, 4, 1.0, seed=9, offset=3)
+    b = ref.sample_topk(logits, k, 4, 1.0, gumbel=noise.gumbel_noise(9, 3, 5, 300))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    lg = logits.view(1, 5, 300)
+    phi = torch.tensor([[0.0, -1.0, float("-inf"), -2.0, -0.5]])
+    G = torch.tensor([[0.0, -0.3, float("-inf"), -1.0, 0.2]])
+    a = ref.beam_step(lg, phi, G, 6, 1.0, seed=4, offset=1)
+    b = ref.beam_step(lg, phi, G, 6, 1.0, gumbel=noise.gumbel_noise(4, 1, 5, 300).view(1, 5, 300))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))

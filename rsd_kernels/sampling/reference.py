@@ -34,8 +34,8 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     scaled = logits.to(dt) / (temperature if temperature > 0 else 1.0)
     logp = torch.log_softmax(scaled, dim=-1)
     if temperature > 0:
-        if gumbel is None:
-            gumbel = _noise.gumbel_noise(seed, offset, R, V, device=logits.device)
+        if gumbel is None:  # drawn only where it is read (finite logits)
+            gumbel = _noise.gumbel_noise(seed, offset, R, V, device=logits.device, where=torch.isfinite(scaled).cpu())
         score = scaled + gumbel.to(dt)
     else:
         score = scaled
@@ -69,11 +69,12 @@ def beam_candidates(logits, phi, G, temperature: float, gumbel=None, seed=None, 
     B, N, V = logits.shape
     dt = _compute_dtype(logits)
     lq = torch.log_softmax(logits.to(dt) / temperature, dim=-1)
-    if gumbel is None:
-        gumbel = _noise.gumbel_noise(seed, offset, B * N, V, device=logits.device).view(B, N, V)
     phi = phi.to(dt)
     active = torch.isfinite(phi)[..., None]
     phi_c = torch.where(active, phi[..., None] + lq, float("-inf"))
+    if gumbel is None:  # drawn only where it is read (possible candidates)
+        gumbel = _noise.gumbel_noise(seed, offset, B * N, V, device=logits.device,
+                                     where=torch.isfinite(phi_c).reshape(B * N, V).cpu()).view(B, N, V)
     g = torch.where(torch.isfinite(phi_c), phi_c + gumbel.to(dt), float("-inf"))
     Z = g.max(dim=-1, keepdim=True).values
     Gc = truncated_gumbel(G.to(dt)[..., None], g, torch.where(active, Z, 0.0))
