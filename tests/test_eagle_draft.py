@@ -254,3 +254,26 @@ def test_train_resumes_after_interruption(target, tmp_path):
     TE.train_eagle(d2, recs, str(tmp_path), deadline=time.time() + 3600, log=log2, **kw)
     ck = torch.load(os.path.join(tmp_path, "ckpt.pt"))
     assert log2[0]["step"] == 2 and ck["step"] == log2[-1]["step"] == ck["total"] > 2
+
+
+def test_auto_dtypes_follow_the_cpu(monkeypatch):
+    """--gen-dtype auto / --precision auto: bfloat16 only where it is faster on this CPU; explicit
+    choices and --fp32 are kept."""
+    import argparse
+
+    from rsd.draft import train as T
+
+    for fast, gen, fp32 in ((True, "bfloat16", False), (False, "float32", True)):
+        monkeypatch.setattr(T, "_BF16_FAST", fast)
+        a = argparse.Namespace(gen_dtype="auto", precision="auto", fp32=False)
+        T.resolve_dtypes(a)
+        assert (a.gen_dtype, a.fp32) == (gen, fp32)
+    a = argparse.Namespace(gen_dtype="bfloat16", precision="bf16", fp32=False)
+    T.resolve_dtypes(a)
+    assert (a.gen_dtype, a.fp32) == ("bfloat16", False)
+    a = argparse.Namespace(gen_dtype="float32", precision="auto", fp32=True)
+    monkeypatch.setattr(T, "_BF16_FAST", True)
+    T.resolve_dtypes(a)
+    assert a.fp32
+    monkeypatch.setattr(T, "_BF16_FAST", None)
+    assert isinstance(T.bf16_is_fast(), bool)

@@ -190,11 +190,44 @@ def test_load_draft_eagle_spec_round_trip(target, draft, reference, tmp_path):
         load_draft("eagle:", LoadedModel(target, None, "tiny"), log=lambda m: None)
 
 
-def test_batched_loop_refuses_eagle_draft(target, draft):
+BATCH_PROMPTS = [PROMPT, [5], PROMPT[2:5] + [400, 401, 402, 17, 230, 45, 8]]
+
+
+@pytest.mark.parametrize("method,config", CONFIGS)
+def test_batched_rows_equal_single_prompt(method, config, target, draft, monkeypatch):
+    """The batched loop with an EAGLE draft (prompts of 7, 1 and 10 tokens): greedy, every row equals
+    single-prompt decoding; at temperature 1, row 0 (whose noise is the single-prompt loop's) draws
+    the single-prompt tokens with the same per-block acceptance, and the draft's q at every node of
+    its trees equals the single-prompt loop's, whichever prompt it holds, while the other rows (other
+    lengths, other acceptance) share its forwards."""
     from rsd.batched import generate_batch
 
-    with pytest.raises(ValueError, match="EAGLE"):
-        generate_batch(target, draft, [PROMPT, PROMPT[:3]], "rsd-s", "2x2", max_new_tokens=4)
+    singles = [generate(target, draft, p, method, config, max_new_tokens=N_TOKENS) for p in BATCH_PROMPTS]
+    res = generate_batch(target, draft, BATCH_PROMPTS, method, config, max_new_tokens=N_TOKENS)
+    assert res.tokens == [r.tokens for r in singles]
+    built = []
+    real = rsd_kernels.build_tree
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        built.append(out.draft_logits[0])
+        return out
+
+    monkeypatch.setattr(rsd_kernels, "build_tree", spy)
+    accepted = 0
+    for i in range(len(BATCH_PROMPTS)):
+        batch = BATCH_PROMPTS[i:] + BATCH_PROMPTS[:i]
+        built.clear()
+        one = generate(target, draft, batch[0], method, config, temperature=1.0, max_new_tokens=16, seed=5)
+        q_one = list(built)
+        built.clear()
+        res = generate_batch(target, draft, batch, method, config, temperature=1.0, max_new_tokens=16, seed=5)
+        assert res.tokens[0] == one.tokens, f"prompt {i} in row 0"
+        assert res.rows[0].accepted_lengths == one.accepted_lengths, f"prompt {i} in row 0"
+        for a, b in zip(q_one, built):  # row 0's blocks come first (all rows run every block)
+            torch.testing.assert_close(b[:a.shape[0]], a, atol=2e-4, rtol=1e-4)
+        accepted += sum(one.accepted_lengths)
+    assert accepted > 0, "no token accepted: pending chains and their features not exercised"
 
 
 def test_eagle_width_must_match_target(draft):

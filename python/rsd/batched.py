@@ -124,8 +124,13 @@ class BatchModel:
         mask = None if allowed is None else ad._mask(allowed)
         if logits_to_keep and ad._rows_kw:
             extra["logits_to_keep"] = logits_to_keep
-        out = ad.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=positions.to(self.device),
-                       past_key_values=self.cache, use_cache=True, **extra)
+        ad._capturing = ad._hook is not None  # feature capture (EAGLE): ad.features = [B, n, W] afterwards
+        try:
+            out = ad.model(input_ids=tokens.to(self.device), attention_mask=mask,
+                           position_ids=positions.to(self.device), past_key_values=self.cache, use_cache=True,
+                           **extra)
+        finally:
+            ad._capturing = False
         self.cache.advance(counts)
         self.cache.write_slots = None
         logits = out.logits
@@ -184,7 +189,8 @@ class _BatchDraftLevels:
                 torch.arange(n, device=dev)[None, None, :] == rel[:, :, None])
             ws = lens[:, None] + rel
             allowed = _mask(lens, lens, local, real, int(ws.max()) + 1)
-            logits = drf.run(toks, ws, ws, allowed, c.tolist(), logits_to_keep=1)
+            logits = drf.run(toks, ws, ws, allowed, c.tolist(), logits_to_keep=1, **self._chain_inputs(n))
+            self._after_chain()
             self.root_slot = lens + c - 1
             self.slots[:, 0] = self.root_slot
             return logits
@@ -224,28 +230,69 @@ class _BatchDraftLevels:
         pos = self.root_slot[:, None] + self.depth.gather(1, qn)
         pos = torch.where(oks, pos, lens[:, None] + j)
         toks = tokens.to(dev).gather(1, qn)
-        logits = drf.run(toks, pos, ws, allowed, k.tolist())
+        logits = drf.run(toks, pos, ws, allowed, k.tolist(), **self._level_inputs(par_all.gather(1, qn), oks))
+        self._after_level(rb, q, oks)
         # back to the columns build_tree asked for
         out = logits.new_zeros(B, n, logits.shape[-1])
         out.scatter_(1, order[..., None].expand(B, n, logits.shape[-1]), logits)
         return torch.where(ok[..., None], out, 0.0)
+
+    # extra inputs of the draft's forwards (none here; features for an EAGLE draft)
+    def _chain_inputs(self, n):
+        return {}
+
+    def _after_chain(self):
+        pass
+
+    def _level_inputs(self, parents, ok):
+        return {}
+
+    def _after_level(self, rb, q, ok):
+        pass
+
+
+class _BatchEagleLevels(_BatchDraftLevels):
+    """:class:`_BatchDraftLevels` for an EAGLE draft (see ``_EagleLevels`` in :mod:`rsd.generate`):
+    level 0 feeds each row's ``pending + [root]`` with ``feats[b]`` (their predecessors' target
+    features), a node of level l > 0 its parent's predicted feature (``pred [B, T, H]``)."""
+
+    def __init__(self, drf: BatchModel, pending, feats, max_nodes):
+        super().__init__(drf, pending, max_nodes)
+        self.feats = feats
+        self.pred = None
+
+    def _chain_inputs(self, n):
+        W = self.feats[0].shape[-1]
+        fe = torch.zeros(self.B, n, W, dtype=self.drf.dtype, device=self.drf.device)
+        for b, f in enumerate(self.feats):  # right-aligned like the chain's tokens
+            fe[b, n - f.shape[0]:] = f
+        return {"features": fe}
+
+    def _after_chain(self):
+        f = self.drf.ad.features  # [B, n, H]: the root is the last column of every row
+        self.pred = f.new_zeros(self.B, self.T, f.shape[-1])
+        self.pred[:, 0] = f[:, -1]
+
+    def _level_inputs(self, parents, ok):
+        fe = self.pred.gather(1, parents.clamp(min=0)[..., None].expand(-1, -1, self.pred.shape[-1]))
+        return {"features": torch.where(ok[..., None], fe, 0.0)}
+
+    def _after_level(self, rb, q, ok):
+        self.pred[rb, q] = self.drf.ad.features[ok]
 
 
 class BatchDecoder:
     """The decoding state of a batch of prompts (arguments as in :class:`rsd.generate.Decoder`)."""
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, **kw):
-        from .generate import is_eagle
-
-        if draft is not None and is_eagle(draft):
-            raise ValueError("the batched loop does not support an EAGLE feature-level draft yet: decode the "
-                             "prompts one at a time (rsd.generate with one prompt) or use another draft")
         self.dec = Decoder(target, draft, method, config, budget, **kw)
+        self.eagle = self.dec.eagle
         self.method, self.config, self.seed = method, self.dec.config, self.dec.seed
         self.samp, self.backend = self.dec.samp, self.dec.backend
         self.target = self.draft = None
         self.roots: list[int] = []
         self.pending: list[list[int]] = []
+        self.feats: list[torch.Tensor] | None = None  # EAGLE: per row [len(pending) + 1, W] target features
         self.block = 0
 
     @property
@@ -285,9 +332,19 @@ class BatchDecoder:
             zero = torch.zeros(B, dtype=torch.long, device=dev)
             allowed = _mask(zero, zero, local.expand(B, n, n), real, n)
             pos = ar[None, :].expand(B, n)
-            for m in (self.target, self.draft):
-                if m is not None:
-                    m.run(toks, pos, pos, allowed.to(m.device), c, logits_to_keep=1)
+            self.target.run(toks, pos, pos, allowed, c, logits_to_keep=1)
+            if self.draft is not None:
+                extra = {}
+                if self.eagle:  # x_t reads F(t-1): the target's features shifted right, zeros at t = 0
+                    F = self.target.ad.features
+                    prev = torch.cat([F.new_zeros(B, 1, F.shape[-1]), F], 1).to(self.draft.dtype)
+                    extra["features"] = prev[:, :n]
+                self.draft.run(toks, pos, pos, allowed.to(self.draft.device), c, logits_to_keep=1, **extra)
+        if self.eagle:
+            W = self.dec.draft.model.feature_width
+            self.feats = [prev[b, c[b]:c[b] + 1].clone() if c[b] > 0
+                          else torch.zeros(1, W, dtype=self.draft.dtype, device=self.draft.device)
+                          for b in range(B)]
         self.roots = [int(t[-1]) for t in ids]
         self.pending = [[] for _ in ids]
         self.block = 0
@@ -304,16 +361,19 @@ class BatchDecoder:
                 m.cache.select_rows(keep)
         self.roots = [self.roots[i] for i in keep]
         self.pending = [self.pending[i] for i in keep]
+        if self.feats is not None:
+            self.feats = [self.feats[i] for i in keep]
 
     def snapshot(self):
         """A copy of the whole state (tests: many single blocks from one prefill)."""
         caches = [None if m is None else (None if m.cache.kv is None else m.cache.kv.clone(), list(m.cache.lengths))
                   for m in (self.target, self.draft)]
-        return caches, list(self.roots), [list(p) for p in self.pending], self.block
+        return caches, list(self.roots), [list(p) for p in self.pending], self.block, self.feats
 
     def restore(self, snap, *, seed=None):
         """Go back to ``snap`` (the same rows); optionally with a new ``seed``."""
-        caches, roots, pending, block = snap
+        caches, roots, pending, block, feats = snap
+        self.feats = None if feats is None else list(feats)
         for m, c in zip((self.target, self.draft), caches):
             if m is not None:
                 kv, lengths = c
@@ -366,7 +426,8 @@ class BatchDecoder:
         dev = tgt.device
         B = self.batch
         t0 = time.perf_counter()
-        levels = _BatchDraftLevels(drf, self.pending, cfg.budget + 1)
+        levels = (_BatchEagleLevels(drf, self.pending, self.feats, cfg.budget + 1) if self.eagle
+                  else _BatchDraftLevels(drf, self.pending, cfg.budget + 1))
         root = torch.tensor(self.roots, dtype=torch.long, device=dev)
         drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
                                          backend=self.backend, draft_logits=samp["temperature"] > 0,
@@ -394,12 +455,18 @@ class BatchDecoder:
         t3 = time.perf_counter()
         pl = prefix.tolist()
         tgt.cache.move_tails(pl, [[pl[b] + i for i in paths[b]] for b in range(B)])
-        keeps, pendings = [], []
-        for b in range(B):
-            seen = None if levels.seen_ok is None else levels.seen_ok[b]
-            keep_d, pend = split_draft_path(paths[b], final_slots(levels.slots[b], seen, T))
-            keeps.append(keep_d)
-            pendings.append(pend)
+        if self.eagle:  # as the single-prompt loop: crop the draft to the root, feed the path next block
+            F = tgt.ad.features  # [B, T, W] of the verification forward
+            pendings = [p[1:] for p in paths]
+            keeps = [[] for _ in range(B)]
+            self.feats = [F[b, torch.tensor(paths[b], device=F.device)].to(drf.dtype) for b in range(B)]
+        else:
+            keeps, pendings = [], []
+            for b in range(B):
+                seen = None if levels.seen_ok is None else levels.seen_ok[b]
+                keep_d, pend = split_draft_path(paths[b], final_slots(levels.slots[b], seen, T))
+                keeps.append(keep_d)
+                pendings.append(pend)
         drf.cache.move_tails((levels.root_slot + 1).tolist(), keeps)
         t4 = time.perf_counter()
         toks = tree.tokens.tolist()

@@ -6,7 +6,7 @@ A model spec is one of:
   (:mod:`rsd.embedded`); the draft: ``rsd.draft.load_embedded_draft(target)`` when the
   draft package ships it, else the labelled truncated-target stand-in below;
 * ``"embedded-eagle"`` (draft only) -- the shipped EAGLE-style draft of the embedded target
-  (``rsd/draft/weights/eagle.safetensors``, see ``rsd/draft/EAGLE.md``); single-prompt loop only;
+  (``rsd/draft/weights/eagle.safetensors``, see ``rsd/draft/EAGLE.md``); single-prompt and batched loops;
 * ``"eagle:PATH"`` (draft only) -- an EAGLE feature-level draft (:mod:`rsd.draft.eagle`) from
   the ``eagle.safetensors`` file at PATH, around the target's token embedding; the loop feeds
   it the target's last hidden states;

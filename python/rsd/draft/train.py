@@ -5,7 +5,8 @@
 
 Phases, each resumable (rerun the same command to continue after an interruption):
 
-1. **data** -- the target (in ``--gen-dtype``, bfloat16 by default) samples responses at
+1. **data** -- the target (in ``--gen-dtype``: bfloat16 where this CPU runs it faster than float32, else
+   float32) samples responses at
    temperature 1 to the chat-templated training prompts (:mod:`rsd.draft.prompts`:
    ``--samples-per-prompt`` samples of each of ``TRAIN_PROMPTS``, ``--topic-samples`` of
    each of ``TOPIC_PROMPTS``, shuffled), in batches with a KV cache. For every response position the target's top-``topk``
@@ -19,7 +20,7 @@ Phases, each resumable (rerun the same command to continue after an interruption
    with KL(p || q) from the target's stored distribution p to the draft's q. The top-k
    tokens the head keeps are matched one by one; all remaining target mass (tail beyond
    top-k and top-k tokens outside the head) is matched as one bucket against the draft's
-   remaining mass. AdamW, linear warm-up, cosine decay to 10%, bfloat16 autocast. ``ckpt.pt`` is written every
+   remaining mass. AdamW, linear warm-up, cosine decay to 10%, bfloat16 autocast where it is faster (``--precision``). ``ckpt.pt`` is written every
    ``--ckpt-every`` steps and at the end; a rerun resumes from it.
 4. **export** -- ``draft.safetensors`` in ``--out`` (fp16 weights, kept ids, config in
    the metadata; the frozen token embedding is not included). Copy it to
@@ -410,8 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="samples per prompt of the translation/summarization/instruction/chat set")
     ap.add_argument("--topic-samples", type=int, default=2, help="samples per topic x template prompt")
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per generation batch")
-    ap.add_argument("--gen-dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                    help="dtype of the target while it generates data (bfloat16 is ~1.6x faster here)")
+    ap.add_argument("--gen-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="dtype of the target while it generates data; auto: bfloat16 only where it is faster "
+                         "than float32 on this CPU (native bf16), else float32")
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--topk", type=int, default=64, help="stored target log-probs per position")
     ap.add_argument("--head-size", type=int, default=8192, help="tokens in the draft's restricted head")
@@ -422,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--ckpt-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fp32", action="store_true", help="train in float32 instead of bfloat16 autocast")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="training: bfloat16 autocast or float32; auto: bf16 only where it is faster on this CPU")
+    ap.add_argument("--fp32", action="store_true", help="the same as --precision fp32")
     return ap
 
 
@@ -453,6 +457,43 @@ def start_run(args, **tiny) -> tuple[float, object, list[list[int]], list[int], 
     return t0, target, prompt_ids, counts, "SmolLM2-135M-Instruct (embedded GGUF)"
 
 
+_BF16_FAST = None
+
+
+def bf16_is_fast(threads: int | None = None) -> bool:
+    """Whether bfloat16 matmuls beat float32 on this CPU (timed once, ~0.2 s): they do where the CPU
+    has native bf16 (AVX512-BF16, AMX) and are 4-8x *slower* where it has not (AVX2 only: a
+    4096x576x1536 matmul measured 66 ms in float32 and 508 ms under bf16 autocast, 2 threads)."""
+    global _BF16_FAST
+    if _BF16_FAST is None:
+        x, w = torch.randn(512, 576), torch.randn(1536, 576)
+        times = {}
+        for dt in (torch.float32, torch.bfloat16):
+            a, b = x.to(dt), w.to(dt)
+            a @ b.T
+            t = time.perf_counter()
+            for _ in range(3):
+                a @ b.T
+            times[dt] = time.perf_counter() - t
+        _BF16_FAST = times[torch.bfloat16] < 0.8 * times[torch.float32]
+    return _BF16_FAST
+
+
+def resolve_dtypes(args):
+    """``--gen-dtype auto`` / ``--precision auto``: bfloat16 where :func:`bf16_is_fast`, else float32.
+    Sets ``args.gen_dtype`` and ``args.fp32`` and logs the choice."""
+    fast = None
+    if args.gen_dtype == "auto":
+        fast = bf16_is_fast()
+        args.gen_dtype = "bfloat16" if fast else "float32"
+    if args.precision == "auto":
+        fast = bf16_is_fast() if fast is None else fast
+        args.precision = "bf16" if fast else "fp32"
+    args.fp32 = args.fp32 or args.precision == "fp32"
+    tqdm.write(f"dtypes: data generation {args.gen_dtype}, training {'float32' if args.fp32 else 'bfloat16 autocast'}"
+               + (f" (bf16 {'faster' if fast else 'slower'} than fp32 on this CPU)" if fast is not None else ""))
+
+
 def generation_model(target, gen_dtype: str):
     """The model that samples the training data: the target itself in float32, else a copy in ``gen_dtype``."""
     return target if gen_dtype == "float32" else copy.deepcopy(target).to(getattr(torch, gen_dtype))
@@ -473,6 +514,7 @@ def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
     t0, target, prompt_ids, counts, src = start_run(args, layers=1, epochs=2)
     budget = args.budget_minutes * 60
+    resolve_dtypes(args)
     gen_model = generation_model(target, args.gen_dtype)
     paths = generate_data(gen_model, prompt_ids, args.out, samples_per_prompt=counts,
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, topk=args.topk,

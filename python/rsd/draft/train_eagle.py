@@ -24,7 +24,7 @@ Phases, each resumable (rerun the same command to continue after an interruption
    bucketed KL of :func:`rsd.draft.train.distill_loss` + ``--feat-weight`` x smooth-L1
    between the predicted and the target's feature, weighted ``--step-decay ** k``.
    Optional uniform noise on the target features (``--feat-noise``). AdamW, warm-up,
-   cosine decay to 10%, bfloat16 autocast, ``ckpt.pt`` every ``--ckpt-every`` steps.
+   cosine decay to 10%, bfloat16 autocast where it is faster (``--precision``), ``ckpt.pt`` every ``--ckpt-every`` steps.
 4. **export** -- ``eagle.safetensors`` (fp16, no token embedding; <= 25 MB for 2 layers).
 
 ``--budget-minutes`` caps the whole run as in :mod:`rsd.draft.train`.
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, LayerTap, collate, distill_loss, generation_model, run_kept_ids, run_training, sample_batch, start_run
+from .train import EOS_ID, LayerTap, collate, distill_loss, generation_model, resolve_dtypes, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--samples-per-prompt", type=int, default=8)
     ap.add_argument("--topic-samples", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--gen-dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    ap.add_argument("--gen-dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                    help="dtype of the target while it samples; auto: bfloat16 only where it is faster here")
     ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--topk", type=int, default=64)
     ap.add_argument("--head-size", type=int, default=8192)
@@ -268,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--ckpt-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fp32", action="store_true")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="training: bfloat16 autocast or float32; auto: bf16 only where it is faster on this CPU")
+    ap.add_argument("--fp32", action="store_true", help="the same as --precision fp32")
     return ap
 
 
@@ -294,6 +297,7 @@ def main(argv=None) -> str:
     args = build_parser().parse_args(argv)
     t0, target, prompt_ids, counts, src = start_run(args, epochs=3)
     budget = args.budget_minutes * 60
+    resolve_dtypes(args)
     gen_model = generation_model(target, args.gen_dtype)
     stats = {}
     pairs = generate_eagle_data(gen_model, prompt_ids, args.out, samples_per_prompt=counts,
