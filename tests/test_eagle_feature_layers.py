@@ -101,11 +101,22 @@ def test_adapter_feature_capture_with_layers(target):
 
 def test_training_data_and_steps_with_extra_layers(tmp_path):
     """The tiny pipeline end to end: stored features are (layers + 1) * H wide, training runs, the
-    exported draft carries its layers; a rerun asking for other layers is refused."""
+    exported draft carries its layers; a draft on a subset of the stored layers (here: layer 1, and
+    the final feature alone) trains from the same shards; a layer that was not stored is refused."""
+    emb = tiny_target(0).get_input_embeddings().weight
     path = TE.main(["--out", str(tmp_path), "--tiny", "--feature-layers", "0,1"])
-    d = E.load_eagle(path, tiny_target(0).get_input_embeddings().weight)
-    assert d.feature_layers == (0, 1)
+    assert E.load_eagle(path, emb).feature_layers == (0, 1)
     feats = torch.load(sorted((tmp_path / "feat").glob("shard_*.pt"))[0])
     assert feats[0].shape[-1] == 3 * H
+    for layers, want in (("1", (1,)), ("", ())):
+        sub = tmp_path / f"sub{layers}"
+        sub.mkdir()
+        for name in ("data", "feat"):
+            (sub / name).symlink_to(tmp_path / name)
+        path = TE.main(["--out", str(sub), "--tiny", "--feature-layers", layers])
+        assert E.load_eagle(path, emb).feature_layers == want
+    recs = TE.load_eagle_records([(str(p), str(tmp_path / "feat" / p.name))
+                                  for p in sorted((tmp_path / "data").glob("shard_*.pt"))], (0, 1), (1,))
+    torch.testing.assert_close(recs[0]["feat"], feats[0][:, H:])
     with pytest.raises(ValueError, match="feature_layers"):
-        TE.main(["--out", str(tmp_path), "--tiny", "--feature-layers", "1"])
+        TE.main(["--out", str(tmp_path), "--tiny", "--feature-layers", "2"])

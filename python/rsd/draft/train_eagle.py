@@ -87,17 +87,7 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
     data_dir, feat_dir = os.path.join(out_dir, "data"), os.path.join(out_dir, "feat")
     os.makedirs(data_dir, exist_ok=True)
     os.makedirs(feat_dir, exist_ok=True)
-    layers_file = os.path.join(feat_dir, "feature_layers.json")
-    if os.path.exists(layers_file):
-        with open(layers_file) as f:
-            stored = json.load(f)
-        if stored != list(feature_layers):
-            raise ValueError(f"feature_layers: {list(feature_layers)} but {feat_dir} holds features of layers {stored}")
-    elif glob.glob(os.path.join(feat_dir, "shard_*.pt")) and feature_layers:
-        raise ValueError(f"feature_layers: {feat_dir} holds features without extra layers")
-    else:
-        with open(layers_file, "w") as f:
-            json.dump(list(feature_layers), f)
+    feature_layers = list(stored_feature_layers(out_dir, feature_layers))  # a folder keeps its first choice
     if samples_from:
         for p in sorted(glob.glob(os.path.join(samples_from, "data", "shard_*.pt"))):
             dst = os.path.join(data_dir, os.path.basename(p))
@@ -149,10 +139,36 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
     return pairs
 
 
-def load_eagle_records(pairs) -> list[dict]:
+def stored_feature_layers(out_dir, requested=()) -> tuple[int, ...]:
+    """The extra feature layers of a run folder's ``feat/`` shards (``feat/feature_layers.json``;
+    folders without it hold final features only). A new folder records ``requested``."""
+    feat_dir = os.path.join(out_dir, "feat")
+    path = os.path.join(feat_dir, "feature_layers.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return tuple(json.load(f))
+    if glob.glob(os.path.join(feat_dir, "shard_*.pt")):
+        return ()
+    os.makedirs(feat_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(list(requested), f)
+    return tuple(requested)
+
+
+def load_eagle_records(pairs, stored=(), wanted=None) -> list[dict]:
+    """Records with their ``feat``; with ``wanted`` (a subset of the ``stored`` extra layers) only
+    those layers' columns and the final feature's are kept."""
+    idx = None
+    if wanted is not None and tuple(wanted) != tuple(stored):
+        missing = [i for i in wanted if i not in stored]
+        if missing:
+            raise ValueError(f"feature_layers: {missing} not among the stored feature layers {list(stored)}")
+        idx = [list(stored).index(i) for i in wanted] + [len(stored)]
     recs = []
     for dp, fp in pairs:
         for r, f in zip(torch.load(dp), torch.load(fp)):
+            if idx is not None:
+                f = f.view(f.shape[0], len(stored) + 1, -1)[:, idx].reshape(f.shape[0], -1)
             r["feat"] = f
             recs.append(r)
     return recs
@@ -253,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--kept-ids", default=None,
                     help="'shipped' = the shipped independent draft's head ids, or a .pt file; default: from the data")
     ap.add_argument("--feature-layers", type=_int_list, default=(),
-                    help="comma-separated target decoder layers whose outputs join the final feature (EAGLE-3 style)")
+                    help="comma-separated target decoder layers whose outputs join the final feature (EAGLE-3 "
+                         "style); a folder sampled with more layers can train on a subset of them")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--init", choices=("copy", "mean"), default="copy",
                     help="copy: start as f^_t = f_{t-1} (see rsd.draft.eagle.init_eagle_from_target)")
@@ -313,7 +330,7 @@ def main(argv=None) -> str:
                        f"{stats[f'{kind}_tok'] / stats[f'{kind}_s']:.0f} tokens/s")
     if args.data_only:
         return ""
-    records = load_eagle_records(pairs)
+    records = load_eagle_records(pairs, stored_feature_layers(args.out), args.feature_layers)
     n_tok = sum(r["topk_ids"].shape[0] for r in records)
     kept = run_kept_ids(args.out, records, target.config.vocab_size, args.head_size,
                         given=_given_kept_ids(args.kept_ids, args.out))
