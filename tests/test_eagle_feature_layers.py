@@ -120,3 +120,26 @@ def test_training_data_and_steps_with_extra_layers(tmp_path):
     torch.testing.assert_close(recs[0]["feat"], feats[0][:, H:])
     with pytest.raises(ValueError, match="feature_layers"):
         TE.main(["--out", str(tmp_path), "--tiny", "--feature-layers", "2"])
+
+
+def test_warm_start_from_exported_draft(target, tmp_path):
+    """--init-from: a draft with extra feature layers warm-started from a final-feature draft's file
+    computes what that draft computes (its feat_proj picks the final feature) until trained."""
+    kept = torch.arange(0, V, 3)
+    src = E.init_eagle_from_target(target, kept, 1, seed=0)
+    with torch.no_grad():
+        for p in src.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    path = E.export_eagle(src, str(tmp_path / "src.safetensors"))
+    ref = E.load_eagle(path, target.get_input_embeddings().weight)
+    d = E.init_eagle_from_target(target, kept, 1, seed=1, feature_layers=(0,))
+    msg = TE.warm_start(d, path)
+    assert "feat_proj.weight" in msg
+    ids = torch.randint(3, V, (2, 8), generator=torch.Generator().manual_seed(3))
+    f = _features(target, ids, (0,))
+    with torch.no_grad():
+        torch.testing.assert_close(d(ids, f).logits, ref(ids, f[..., H:]).logits)
+    other = E.init_eagle_from_target(target, torch.arange(0, V, 2), 1)
+    with pytest.raises(ValueError, match="kept"):
+        TE.warm_start(other, path)

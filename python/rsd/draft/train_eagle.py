@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--feature-layers", type=_int_list, default=(),
                     help="comma-separated target decoder layers whose outputs join the final feature (EAGLE-3 "
                          "style); a folder sampled with more layers can train on a subset of them")
+    ap.add_argument("--init-from", default=None,
+                    help="warm start: an eagle.safetensors to start from (e.g. the shipped draft, with "
+                         "--kept-ids shipped); extra feature layers start unused")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--init", choices=("copy", "mean"), default="copy",
                     help="copy: start as f^_t = f_{t-1} (see rsd.draft.eagle.init_eagle_from_target)")
@@ -290,6 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training: bfloat16 autocast or float32; auto: bf16 only where it is faster on this CPU")
     ap.add_argument("--fp32", action="store_true", help="the same as --precision fp32")
     return ap
+
+
+def warm_start(draft: EagleDraft, path: str) -> str:
+    """Copy the weights of an exported EAGLE draft (``eagle.safetensors``) into ``draft``: every
+    tensor of the same name and shape; ``feat_proj`` (extra feature layers) keeps its init, which
+    reads the final feature alone, so the warm-started draft starts as the file's draft. The
+    files' kept ids and layer count must match."""
+    from safetensors.torch import load_file
+
+    sd = load_file(path)
+    if not torch.equal(sd["kept_ids"].long(), draft.kept_ids):
+        raise ValueError(f"--init-from {path}: its head keeps other token ids (use the same --kept-ids)")
+    own = draft.state_dict()
+    copied, skipped = [], []
+    with torch.no_grad():
+        for k, v in sd.items():
+            if k == "kept_ids":
+                continue
+            if k not in own or own[k].shape != v.shape:
+                raise ValueError(f"--init-from {path}: tensor {k} {tuple(v.shape)} does not fit this draft")
+            own[k].copy_(v.to(own[k].dtype))
+            copied.append(k)
+    skipped = [k for k in own if k not in sd and k not in ("model.embed_tokens.weight", "kept_ids")]
+    return f"{len(copied)} tensors from {path}" + (f"; kept their init: {skipped}" if skipped else "")
 
 
 def _int_list(text):
@@ -340,6 +367,8 @@ def main(argv=None) -> str:
         raise ValueError(f"--feature-layers {list(args.feature_layers)}: the stored features are {width} wide")
     draft = init_eagle_from_target(target, kept, args.layers, seed=args.seed, init=args.init,
                                    feature_layers=args.feature_layers)
+    if args.init_from:
+        tqdm.write(f"init: {warm_start(draft, args.init_from)}")
     log = []
     draft = train_eagle(draft, records, args.out, epochs=args.epochs, lr=args.lr, max_tokens=args.max_tokens,
                         warmup=args.warmup, ckpt_every=args.ckpt_every, seed=args.seed,
