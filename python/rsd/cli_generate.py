@@ -40,8 +40,8 @@ def add_parser(subparsers):
         p.add_argument(f"--{flag}", metavar=metavar, default=None, help=f"explicit {method} tree")
     p.add_argument("--target", default="embedded", help="'embedded' (SmolLM2-135M-Instruct GGUF), a Hugging Face "
                    "model id or a local path")
-    p.add_argument("--draft", default="embedded", help="'embedded' (the independent trained draft), "
-                   "'embedded-eagle' (the shipped EAGLE feature-level draft), 'eagle:PATH' (an eagle.safetensors), "
+    p.add_argument("--draft", default="embedded-eagle", help="'embedded-eagle' (default: the shipped EAGLE "
+                   "feature-level draft), 'embedded' (the shipped independent draft), 'eagle:PATH' (an eagle.safetensors), "
                    "'truncated:N' (stand-in: the target's first N layers + head), a model id or a local path")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=None)
