@@ -95,9 +95,9 @@ def gumbel_noise(seed: int, offset: int, rows: int, vocab: int, *, row_start: in
     whose noise is never read.
     """
     if where is not None and not bool(where.all()):
-        r, x = where.reshape(rows, vocab).nonzero(as_tuple=True)
+        r, x = where.reshape(rows, vocab).cpu().nonzero(as_tuple=True)  # drawn on the CPU, like the full stream
         out = torch.zeros(rows, vocab, dtype=torch.float32)
-        out[r, x] = gumbel_from_uniform(uniform(seed, offset, r.cpu() + row_start, STREAM_GUMBEL, x.cpu()))
+        out[r, x] = gumbel_from_uniform(uniform(seed, offset, r + row_start, STREAM_GUMBEL, x))
         return out.to(device)
     r = torch.arange(row_start, row_start + rows, dtype=torch.int64)[:, None]
     x = torch.arange(vocab, dtype=torch.int64)[None, :]

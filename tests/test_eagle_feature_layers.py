@@ -6,7 +6,8 @@ import torch
 from rsd.adapter import ModelAdapter
 from rsd.draft import eagle as E
 from rsd.draft import train_eagle as TE
-from rsd.draft.train import LayerTap, tiny_target
+from rsd.draft.eagle import LayerTap
+from rsd.draft.train import tiny_target
 
 V, H = 512, 64
 

@@ -14,7 +14,8 @@ from scipy.stats import chisquare
 
 import rsd_kernels
 from rsd.draft import eagle as E
-from rsd.draft.train import LayerTap, tiny_target
+from rsd.draft.eagle import LayerTap
+from rsd.draft.train import tiny_target
 from rsd.generate import Decoder, generate
 
 from loop_models import always_accept_first_child, greedy_by_recompute

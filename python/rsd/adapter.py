@@ -160,21 +160,16 @@ class ModelAdapter:
             raise ValueError(f"{type(self.model).__name__}: no final norm (.model.norm) to read the last hidden "
                              "states from")
 
-        taps, self._feature_layers = {}, layers
+        self._feature_layers = layers
+        tap = None
         if layers:
-            blocks = getattr(getattr(self._tmodel, "model", self._tmodel), "layers", None)
-            bad = [i for i in layers if blocks is None or not 0 <= i < len(blocks)]
-            if bad:
-                raise ValueError(f"layers: {bad} are not decoder layers of {type(self.model).__name__}")
-            for i in layers:
-                def tap(_module, _inputs, output, i=i):
-                    if self._capturing:
-                        taps[i] = output[0] if isinstance(output, tuple) else output
-                blocks[i].register_forward_hook(tap)
+            from .draft.eagle import LayerTap
+
+            tap = LayerTap(self._tmodel, layers).attach()  # for the adapter's lifetime
 
         def hook(_module, _inputs, output):
             if self._capturing:
-                self.features = torch.cat([taps[i] for i in layers] + [output], -1) if layers else output
+                self.features = tap.features(output) if tap is not None else output
         self._hook = norm.register_forward_hook(hook)
         return self
 
@@ -226,22 +221,28 @@ class ModelAdapter:
                              f"(max_position_embeddings={self.max_positions})")
 
     @torch.no_grad()
-    def _run(self, tokens, position_ids, mask, logits_to_keep=0, **extra):
-        n = tokens.shape[1]
+    def _call(self, tokens, position_ids, mask, cache, logits_to_keep=0, **extra):
+        """One forward over ``cache`` on this adapter's attention path, leaving :attr:`features` when
+        feature capture is on; fp32 logits (of the last ``logits_to_keep`` rows when asked). The
+        caller advances ``cache`` (this adapter's, or a batched loop's)."""
         self._set_impl()
         if logits_to_keep and self._rows_kw:
             extra["logits_to_keep"] = logits_to_keep
         self._capturing = self._hook is not None
         try:
             out = self.model(input_ids=tokens.to(self.device), attention_mask=mask, position_ids=position_ids,
-                             past_key_values=self.cache, use_cache=True, **extra)
+                             past_key_values=cache, use_cache=True, **extra)
         finally:
             self._capturing = False
-        self.cache.advance(n)
         logits = out.logits
         if logits_to_keep and logits.shape[1] != logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits.float()
+
+    def _run(self, tokens, position_ids, mask, logits_to_keep=0, **extra):
+        logits = self._call(tokens, position_ids, mask, self.cache, logits_to_keep, **extra)
+        self.cache.advance(tokens.shape[1])
+        return logits
 
     def _mask(self, allowed):
         """``allowed [1, n, S]`` bool -> the 4D mask of this adapter's attention path."""

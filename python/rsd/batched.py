@@ -114,29 +114,17 @@ class BatchModel:
     def run(self, tokens, positions, write_slots, allowed, counts, logits_to_keep=0, **extra):
         """Feed ``tokens [B, n]`` at ``positions`` into ``write_slots``; ``allowed [B, n, S]`` bool
         (``S = max(write_slots) + 1``) or None (the "rsd" tree-attention path). Returns fp32 logits."""
-        ad = self.ad
-        ad._set_impl()
         if self.max_positions is not None:
             positions = positions.clamp(max=self.max_positions - 1)
         S = int(write_slots.max()) + 1
         self.cache.reserve(S)
         self.cache.write_slots = write_slots.to(self.device, torch.long)
-        mask = None if allowed is None else ad._mask(allowed)
-        if logits_to_keep and ad._rows_kw:
-            extra["logits_to_keep"] = logits_to_keep
-        ad._capturing = ad._hook is not None  # feature capture (EAGLE): ad.features = [B, n, W] afterwards
-        try:
-            out = ad.model(input_ids=tokens.to(self.device), attention_mask=mask,
-                           position_ids=positions.to(self.device), past_key_values=self.cache, use_cache=True,
-                           **extra)
-        finally:
-            ad._capturing = False
+        mask = None if allowed is None else self.ad._mask(allowed)
+        # with feature capture on (EAGLE), self.ad.features = [B, n, W] afterwards
+        logits = self.ad._call(tokens, positions.to(self.device), mask, self.cache, logits_to_keep, **extra)
         self.cache.advance(counts)
         self.cache.write_slots = None
-        logits = out.logits
-        if logits_to_keep and logits.shape[1] != logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        return logits.float()
+        return logits
 
 
 def _mask(P, start, local, qreal, S):
@@ -189,8 +177,7 @@ class _BatchDraftLevels:
                 torch.arange(n, device=dev)[None, None, :] == rel[:, :, None])
             ws = lens[:, None] + rel
             allowed = _mask(lens, lens, local, real, int(ws.max()) + 1)
-            logits = drf.run(toks, ws, ws, allowed, c.tolist(), logits_to_keep=1, **self._chain_inputs(n))
-            self._after_chain()
+            logits = self._feed_chain(toks, ws, allowed, c.tolist())
             self.root_slot = lens + c - 1
             self.slots[:, 0] = self.root_slot
             return logits
@@ -230,25 +217,21 @@ class _BatchDraftLevels:
         pos = self.root_slot[:, None] + self.depth.gather(1, qn)
         pos = torch.where(oks, pos, lens[:, None] + j)
         toks = tokens.to(dev).gather(1, qn)
-        logits = drf.run(toks, pos, ws, allowed, k.tolist(), **self._level_inputs(par_all.gather(1, qn), oks))
-        self._after_level(rb, q, oks)
+        logits = self._feed_level(toks, pos, ws, allowed, k.tolist(), par_all.gather(1, qn), oks, rb, q)
         # back to the columns build_tree asked for
         out = logits.new_zeros(B, n, logits.shape[-1])
         out.scatter_(1, order[..., None].expand(B, n, logits.shape[-1]), logits)
         return torch.where(ok[..., None], out, 0.0)
 
-    # extra inputs of the draft's forwards (none here; features for an EAGLE draft)
-    def _chain_inputs(self, n):
-        return {}
+    def _feed_chain(self, toks, ws, allowed, counts):
+        """Level 0: every row's right-aligned ``pending + [root]`` ``toks [B, n]`` into slots ``ws``;
+        the roots' logits ``[B, 1, V]``."""
+        return self.drf.run(toks, ws, ws, allowed, counts, logits_to_keep=1)
 
-    def _after_chain(self):
-        pass
-
-    def _level_inputs(self, parents, ok):
-        return {}
-
-    def _after_level(self, rb, q, ok):
-        pass
+    def _feed_level(self, toks, pos, ws, allowed, counts, parents, ok, rb, q):
+        """Level > 0: the packed nodes ``toks [B, n]`` (real where ``ok``; their parents' node ids
+        ``parents``; ``rb, q`` = row and node id of each real column); their logits ``[B, n, V]``."""
+        return self.drf.run(toks, pos, ws, allowed, counts)
 
 
 class _BatchEagleLevels(_BatchDraftLevels):
@@ -261,24 +244,23 @@ class _BatchEagleLevels(_BatchDraftLevels):
         self.feats = feats
         self.pred = None
 
-    def _chain_inputs(self, n):
-        W = self.feats[0].shape[-1]
-        fe = torch.zeros(self.B, n, W, dtype=self.drf.dtype, device=self.drf.device)
+    def _feed_chain(self, toks, ws, allowed, counts):
+        drf, n = self.drf, toks.shape[1]
+        fe = torch.zeros(self.B, n, self.feats[0].shape[-1], dtype=drf.dtype, device=drf.device)
         for b, f in enumerate(self.feats):  # right-aligned like the chain's tokens
             fe[b, n - f.shape[0]:] = f
-        return {"features": fe}
-
-    def _after_chain(self):
-        f = self.drf.ad.features  # [B, n, H]: the root is the last column of every row
+        logits = drf.run(toks, ws, ws, allowed, counts, logits_to_keep=1, features=fe)
+        f = drf.ad.features  # [B, n, H]: the root is the last column of every row
         self.pred = f.new_zeros(self.B, self.T, f.shape[-1])
         self.pred[:, 0] = f[:, -1]
+        return logits
 
-    def _level_inputs(self, parents, ok):
+    def _feed_level(self, toks, pos, ws, allowed, counts, parents, ok, rb, q):
+        drf = self.drf
         fe = self.pred.gather(1, parents.clamp(min=0)[..., None].expand(-1, -1, self.pred.shape[-1]))
-        return {"features": torch.where(ok[..., None], fe, 0.0)}
-
-    def _after_level(self, rb, q, ok):
-        self.pred[rb, q] = self.drf.ad.features[ok]
+        logits = drf.run(toks, pos, ws, allowed, counts, features=torch.where(ok[..., None], fe, 0.0))
+        self.pred[rb, q] = drf.ad.features[ok]
+        return logits
 
 
 class BatchDecoder:

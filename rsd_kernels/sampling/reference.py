@@ -33,15 +33,16 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     dt = _compute_dtype(logits)
     scaled = logits.to(dt) / (temperature if temperature > 0 else 1.0)
     logp = torch.log_softmax(scaled, dim=-1)
+    finite = torch.isfinite(scaled)
     if temperature > 0:
         if gumbel is None:  # drawn only where it is read (finite logits)
-            gumbel = _noise.gumbel_noise(seed, offset, R, V, device=logits.device, where=torch.isfinite(scaled).cpu())
+            gumbel = _noise.gumbel_noise(seed, offset, R, V, device=logits.device, where=finite)
         score = scaled + gumbel.to(dt)
     else:
         score = scaled
-    score = torch.where(torch.isfinite(scaled), score, float("-inf"))
+    score = torch.where(finite, score, float("-inf"))
     top = torch.topk(score, kmax, dim=-1, sorted=True)  # ties (measure zero) by index
-    support = torch.isfinite(scaled).sum(-1)
+    support = finite.sum(-1)
     num = torch.minimum(k.long(), support)
     keep = torch.arange(kmax, device=logits.device)[None, :] < num[:, None]
     tokens = torch.where(keep, top.indices, -1)
@@ -72,10 +73,11 @@ def beam_candidates(logits, phi, G, temperature: float, gumbel=None, seed=None, 
     phi = phi.to(dt)
     active = torch.isfinite(phi)[..., None]
     phi_c = torch.where(active, phi[..., None] + lq, float("-inf"))
+    possible = torch.isfinite(phi_c)
     if gumbel is None:  # drawn only where it is read (possible candidates)
         gumbel = _noise.gumbel_noise(seed, offset, B * N, V, device=logits.device,
-                                     where=torch.isfinite(phi_c).reshape(B * N, V).cpu()).view(B, N, V)
-    g = torch.where(torch.isfinite(phi_c), phi_c + gumbel.to(dt), float("-inf"))
+                                     where=possible.reshape(B * N, V)).view(B, N, V)
+    g = torch.where(possible, phi_c + gumbel.to(dt), float("-inf"))
     Z = g.max(dim=-1, keepdim=True).values
     Gc = truncated_gumbel(G.to(dt)[..., None], g, torch.where(active, Z, 0.0))
     return phi_c, Gc

@@ -78,6 +78,47 @@ from .model import RestrictedHead, config_from_json, config_to_json, draft_confi
 FORMAT = "rsd-eagle-draft-v1"
 
 
+class LayerTap:
+    """Forward hooks that keep the outputs of some decoder layers of ``model`` (a ``...ForCausalLM``
+    or its ``.model``) while attached (a ``with`` block, or :meth:`attach` for good):
+    ``tap.outputs[i]`` after each forward. :meth:`features` lays out a target feature with extra
+    layers as :class:`EagleDraft` reads it."""
+
+    def __init__(self, model, layers):
+        self.layers = tuple(int(i) for i in layers)
+        blocks = getattr(getattr(model, "model", model), "layers", None)
+        if self.layers and blocks is None:
+            raise ValueError(f"feature_layers: {type(model).__name__} has no decoder layers (.model.layers)")
+        n = 0 if blocks is None else len(blocks)
+        bad = [i for i in self.layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"feature_layers: {bad} outside the model's {n} decoder layers")
+        self._mods = [blocks[i] for i in self.layers]
+        self.outputs, self._hooks = {}, []
+
+    def attach(self):
+        def make(i):
+            def hook(_m, _inp, out):
+                self.outputs[i] = out[0] if isinstance(out, tuple) else out
+            return hook
+        self._hooks = [m.register_forward_hook(make(i)) for i, m in zip(self.layers, self._mods)]
+        return self
+
+    def detach(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    __enter__ = attach
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    def features(self, last_hidden_state):
+        """``[..., (len(layers) + 1) * H]``: the tapped layers' outputs, then the post-norm state."""
+        return torch.cat([self.outputs[i] for i in self.layers] + [last_hidden_state], -1)
+
+
 @dataclass
 class EagleOutput(ModelOutput):
     logits: torch.Tensor | None = None

@@ -30,10 +30,9 @@ import os
 import torch
 from torch import nn
 
-from .eagle import EagleDraft, unrolled_forward
+from .eagle import EagleDraft, LayerTap, unrolled_forward
 from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, pad_records, report, step_times
 from .prompts import HELDOUT_PROMPTS
-from .train import LayerTap
 
 
 @torch.no_grad()

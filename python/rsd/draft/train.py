@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .eagle import LayerTap
 from .model import RestrictedHeadDraft, config_to_json, draft_config_from_target
 
 EOS_ID = 2  # <|im_end|> in the SmolLM2 vocabulary
@@ -54,38 +55,6 @@ FORMAT = "rsd-draft-v1"
 
 
 # ----------------------------------------------------------------------------- data
-class LayerTap:
-    """Forward hooks that keep the outputs of some decoder layers of ``model`` (a ``...ForCausalLM``
-    or its ``.model``) during a ``with`` block: ``tap.outputs[i]`` after each forward."""
-
-    def __init__(self, model, layers):
-        self.layers = tuple(int(i) for i in layers)
-        base = getattr(model, "model", model)
-        n = len(base.layers)
-        bad = [i for i in self.layers if not 0 <= i < n]
-        if bad:
-            raise ValueError(f"feature_layers: {bad} outside the model's {n} decoder layers")
-        self._mods = [base.layers[i] for i in self.layers]
-        self.outputs, self._hooks = {}, []
-
-    def __enter__(self):
-        def make(i):
-            def hook(_m, _inp, out):
-                self.outputs[i] = out[0] if isinstance(out, tuple) else out
-            return hook
-        self._hooks = [m.register_forward_hook(make(i)) for i, m in zip(self.layers, self._mods)]
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    def features(self, last_hidden_state):
-        """``[..., (len(layers) + 1) * H]``: the tapped layers' outputs, then the post-norm state."""
-        return torch.cat([self.outputs[i] for i in self.layers] + [last_hidden_state], -1)
-
-
 @torch.no_grad()
 def sample_batch(target, prompts: list[list[int]], max_new_tokens: int, topk: int, generator: torch.Generator,
                  eos_id: int = EOS_ID, pad_id: int = EOS_ID, features: bool = False,

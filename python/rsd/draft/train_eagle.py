@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .eagle import EagleDraft, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, LayerTap, collate, distill_loss, generation_model, resolve_dtypes, run_kept_ids, run_training, sample_batch, start_run
+from .eagle import EagleDraft, LayerTap, export_eagle, init_eagle_from_target, unrolled_forward
+from .train import EOS_ID, collate, distill_loss, generation_model, resolve_dtypes, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -306,7 +306,7 @@ def warm_start(draft: EagleDraft, path: str) -> str:
     if not torch.equal(sd["kept_ids"].long(), draft.kept_ids):
         raise ValueError(f"--init-from {path}: its head keeps other token ids (use the same --kept-ids)")
     own = draft.state_dict()
-    copied, skipped = [], []
+    copied = []
     with torch.no_grad():
         for k, v in sd.items():
             if k == "kept_ids":
