@@ -8,6 +8,10 @@
    call, and never undone). Inside a running grid, the language modules a device
    function's module sees are now patched once per grid (per module) instead of per call.
    This keeps the kernels' helper functions affordable in the interpreter tests.
+3. ``tl.fma`` on float32 is ``x * y + z`` with two roundings in the interpreter; it is made a
+   true fused multiply-add (one rounding, as on the GPU): the float64 sum of the exact product,
+   rounded to odd, then to float32 (correct, 53 >= 24 + 2). The noise contract's ``log32``
+   depends on it (:mod:`rsd_kernels.noise`).
 
 Nothing here touches compiled (GPU) execution. Installed on import by the kernel modules.
 """
@@ -31,6 +35,10 @@ def install() -> None:
             scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 
         interpreter._patch_lang_tensor = _patch_lang_tensor
+
+    builder_cls = getattr(interpreter, "InterpreterBuilder", None)
+    if builder_cls is not None and hasattr(builder_cls, "create_fma"):
+        builder_cls.create_fma = _fused_fma(builder_cls.create_fma, interpreter.TensorHandle)
 
     grid_cls = getattr(interpreter, "GridExecutor", None)
     fn_cls = getattr(interpreter, "InterpretedFunction", None)
@@ -63,6 +71,25 @@ def install() -> None:
 
     grid_cls.__call__ = run_grid
     fn_cls.__call__ = call_device_function
+
+
+
+def _fused_fma(original, tensor_handle):
+    import numpy as np
+
+    def create_fma(self, x, y, z):
+        if not (x.data.dtype == y.data.dtype == z.data.dtype == np.float32):
+            return original(self, x, y, z)
+        p = x.data.astype(np.float64) * y.data.astype(np.float64)  # exact
+        c = np.broadcast_to(z.data.astype(np.float64), p.shape)
+        s = np.asarray(p + c)
+        bb = s - p
+        err = (p - (s - bb)) + (c - bb)  # TwoSum: s + err == p + c exactly
+        inexact_even = (err != 0) & ((s.view(np.int64) & 1) == 0)
+        s = np.where(inexact_even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)  # round to odd
+        return tensor_handle(np.asarray(s.astype(np.float32)), z.dtype.scalar)
+
+    return create_fma
 
 
 install()

@@ -3,7 +3,7 @@
 Both read each logit row once (one program per row, a loop over vocabulary tiles): the
 softmax statistics (running max and sum of exponentials), the perturbed scores
 ``logit / temperature + gumbel`` (noise from ``gumbel`` or generated in-kernel from the
-``GUMBEL`` Philox stream at counter ``(offset, row, 3 << 24, token)``) and a running top-k
+``GUMBEL`` Philox stream of :mod:`rsd_kernels.noise`) and a running top-k
 kept sorted in registers. A tile is merged into the top-k only when its best score beats the
 current k-th (after the first tiles, almost never). Ties go to the lower token index.
 
@@ -21,7 +21,7 @@ import triton.language as tl
 
 from .. import noise as _noise
 from .. import triton_compat  # noqa: F401  (interpreter fixes, see module)
-from ..triton_noise import gumbel_from_uniform, philox_uniform
+from ..triton_noise import STREAM_GUMBEL, gumbel, token_uniforms
 
 MAX_K = 1024  # top-k kept in registers
 
@@ -91,7 +91,7 @@ def _scan_row(row_ptr, g_row, V, temp, seed, offset, row, KMAX,
         support += tl.sum(fin.to(tl.int32), 0)
         if NOISE:
             if GEN:
-                g = gumbel_from_uniform(philox_uniform(seed, offset, row, 3 << 24, offs)).to(CT)
+                g = gumbel(token_uniforms(seed, offset, row, STREAM_GUMBEL, offs >> 2, offs & 3)).to(CT)
             else:
                 g = tl.load(g_row + offs, mask=inb, other=0.0).to(CT)
             sc = tl.where(fin, x + g, float("-inf"))
@@ -140,7 +140,7 @@ def _beam_candidates_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, temp_va
     ok = (pos < W) & (top_v > float("-inf")) & ((phi + tl.zeros([KB], CT)) > float("-inf"))
     x = tl.load(row_ptr + top_i, mask=ok, other=0.0).to(CT) / temp
     if GEN:
-        gum = gumbel_from_uniform(philox_uniform(seed, offset, r, 3 << 24, top_i)).to(CT)
+        gum = gumbel(token_uniforms(seed, offset, r, STREAM_GUMBEL, top_i >> 2, top_i & 3)).to(CT)
     else:
         gum = tl.load(g_row + top_i, mask=ok, other=0.0).to(CT)
     phi_c = phi + ((x - m) - tl.log(s))
