@@ -240,7 +240,7 @@ def test_gumbel_noise_drawn_only_where_read():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from rsd_kernels import triton_compat  # noqa: E402,F401
+from rsd_kernels import triton_compat  # noqa: E402
 from rsd_kernels.triton_noise import accept_uniform, gumbel, token_uniforms  # noqa: E402
 
 
@@ -265,11 +265,15 @@ def _transform_kernel(u_ptr, g_ptr, fma_ptr, n, BLOCK: tl.constexpr):
     tl.store(fma_ptr + 1 + offs * 0, tl.fma(x, 2.0 - x, -1.0), mask=offs == 0)
 
 
-def test_triton_helpers_reproduce_the_streams(device):
+@pytest.mark.parametrize("fast_philox", [True, False], ids=["numpy-philox", "triton-philox"])
+def test_triton_helpers_reproduce_the_streams(device, fast_philox, monkeypatch):
+    """Bit for bit. Under the interpreter ``tl.philox``'s rounds run in NumPy (triton_compat, for speed);
+    ``triton-philox`` runs Triton's own implementation instead."""
     from rsd_kernels import backends
 
     if not backends.triton_runs_on(torch.device(device)):
         pytest.skip("no Triton here")
+    monkeypatch.setattr(triton_compat, "FAST_PHILOX", fast_philox)
     R, V, T = 3, 1001, 37
     for stream in (noise.STREAM_GUMBEL, noise.STREAM_RESIDUAL):
         g = torch.empty(R, V, device=device)
