@@ -17,10 +17,12 @@ try:
 except ImportError:  # pragma: no cover
     flex_attention = None
 
-# (B, Hq, Hkv, T, D, S). First the goal shapes (prefix >= 4k): Llama-2-7B and -13B verification
-# forwards (MHA, D 128, a 31-node tree = budget 30), then GQA / long / batched ones.
-GPU_SHAPES = [(1, 32, 32, 31, 128, 4096), (1, 40, 40, 31, 128, 4096), (1, 32, 8, 64, 128, 4096),
-              (1, 32, 8, 16, 128, 32768), (16, 32, 8, 8, 128, 8192), (8, 32, 8, 32, 128, 2048)]
+# (B, Hq, Hkv, T, D, S), S = prefix + T. First the goal shapes of issue 21 (a 31-node tree = budget
+# 30, D 128): B=1 GQA 32/8 at prefix 16384, B=8 GQA and MHA at prefix 4096; then the Llama-2-7B
+# and -13B verification forwards (MHA, prefix 4096), GQA / long ones.
+GPU_SHAPES = [(1, 32, 8, 31, 128, 16415), (8, 32, 8, 31, 128, 4127), (8, 32, 32, 31, 128, 4127),
+              (1, 32, 32, 31, 128, 4127), (1, 40, 40, 31, 128, 4127), (1, 32, 8, 64, 128, 4160),
+              (1, 32, 8, 16, 128, 32784)]
 CPU_SHAPES = [(1, 8, 2, 16, 64, 512), (2, 4, 4, 7, 128, 256)]
 SHAPES = GPU_SHAPES if ON_GPU else CPU_SHAPES
 EXTRA = [("sdpa", None), ("flex", None if (ON_GPU and flex_attention is not None) else "FlexAttention needs a GPU")]

@@ -6,8 +6,9 @@ import torch
 from benchutil import DEVICE, ON_GPU, backend_params, run
 from rsd_kernels import sample_without_replacement, stochastic_beam_step
 
-# (R, V, k): the first is a draft level of a budget-30 tree over Llama 2's vocabulary
-SAMPLE_SHAPES = [(30, 32000, 4), (256, 32000, 4), (64, 128256, 8)] if ON_GPU else [(8, 4096, 4)]
+# (R, V, k): first the goal shape of issue 21 (64 rows of Llama 2's vocabulary, k=4), then a draft level
+# of a budget-30 tree, more rows, Llama 3's vocabulary
+SAMPLE_SHAPES = [(64, 32000, 4), (30, 32000, 4), (256, 32000, 4), (64, 128256, 8)] if ON_GPU else [(8, 4096, 4)]
 BEAM_SHAPES = [(1, 5, 32000, 5), (8, 4, 128256, 8), (32, 8, 32000, 8)] if ON_GPU else [(2, 4, 4096, 4)]  # (B, N, V, W)
 
 

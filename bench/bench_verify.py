@@ -7,8 +7,9 @@ import torch
 from benchutil import DEVICE, ON_GPU, backend_params, run
 from rsd_kernels import verify_tree
 
-# (B, T, V); the first is the goal shape: one row, a 31-node tree (budget 30), Llama 2's vocabulary
-SHAPES = [(1, 31, 32000), (8, 32, 128256), (32, 16, 32000)] if ON_GPU else [(1, 31, 4096), (4, 16, 4096)]
+# (B, T, V); first the goal shapes of issue 21: a 31-node tree (budget 30) at B=1 over Llama 2's
+# vocabulary, and B=64 over Llama 3's (bf16)
+SHAPES = [(1, 31, 32000), (64, 31, 128256), (32, 16, 32000)] if ON_GPU else [(1, 31, 4096), (4, 16, 4096)]
 
 
 def _inputs(B, T, V):
@@ -18,10 +19,11 @@ def _inputs(B, T, V):
         parents[:, i] = torch.randint(max(0, i - 3), i, (B,), generator=gen).to(torch.int32)
     tokens = torch.randint(0, 4, (B, T), generator=gen)  # few distinct tokens: long accepted paths
     dt = torch.bfloat16 if ON_GPU else torch.float32
-    tl_ = torch.randn(B, T, V, generator=gen)
+    dgen = torch.Generator(device=DEVICE).manual_seed(0)  # logits made on the device (B=64: 1 GB)
+    tl_ = torch.randn(B, T, V, generator=dgen, device=DEVICE)
     tl_[..., :4] += 6.0  # the target likes the drafted tokens
-    dl = tl_ + 0.3 * torch.randn(B, T, V, generator=gen)
-    return tl_.to(dt).to(DEVICE), dl.to(dt).to(DEVICE), tokens.to(DEVICE), parents.to(DEVICE)
+    dl = tl_ + 0.3 * torch.randn(B, T, V, generator=dgen, device=DEVICE)
+    return tl_.to(dt), dl.to(dt), tokens.to(DEVICE), parents.to(DEVICE)
 
 
 @pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])

@@ -50,6 +50,18 @@ def _load(backend: str):
             _load_errors[key] = f"{type(exc).__name__}: {exc}"
 
 
+H200_SMS = 132  # the launch plans' SM count without a CUDA device (CPU tests, bench/roofline.py)
+
+
+def device_sms(device) -> int:
+    """Streaming multiprocessors of ``device`` (a CUDA device), else :data:`H200_SMS`: the launch
+    plans (grids sized to the device) are the H200's wherever no GPU says otherwise."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H200_SMS
+
+
 def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 

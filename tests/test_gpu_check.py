@@ -29,24 +29,30 @@ def _bench(name, op, shape, backend, time_us, nbytes, mode="", rows=1, prefix=No
 
 
 def _goal_lines(out):
-    return [l for l in out.splitlines() if l.startswith(("tree attention", "verify_tree", "equal to"))]
+    return [l for l in out.splitlines() if l.startswith(("tree attention", "verify_tree", "sample_without", "equal to"))]
 
 
 def test_report_goals(tmp_path, capsys):
-    attn = "(1, 32, 32, 31, 128, 4096)"
-    nb = 2 * 32 * 4096 * 128 * 2  # 64 MiB: 15.6 us at 4.3 TB/s
+    gqa = "(1, 32, 8, 31, 128, 16415)"
+    nb = 2 * 8 * 16415 * 128 * 2  # 67 MB: 15.6 us at 4.3 TB/s
     floor_us = nb / 4300e3
+    b8 = "(8, 32, 32, 31, 128, 4127)"
+    nb8 = 2 * 8 * 32 * 4127 * 128 * 2
     rows = [
-        _bench("a", "tree_attention", attn, "triton", floor_us / 0.85, nb, prefix=4096),  # 85% of the floor
-        _bench("b", "tree_attention", attn, "cuda", floor_us / 0.5, nb, prefix=4096),  # 50%: missed
-        _bench("c", "tree_attention", attn, "sdpa", 4 * floor_us / 0.85, nb, prefix=4096),
-        _bench("d", "tree_attention", attn, "flex", 1.2 * floor_us / 0.85, nb, prefix=4096),
-        _bench("e", "tree_attention", "(8, 32, 8, 32, 128, 2048)", "triton", 1000.0, nb, prefix=2048),  # no goal
+        _bench("a", "tree_attention", gqa, "triton", floor_us / 0.65, nb, prefix=16384),  # 65% of the floor: met
+        _bench("b", "tree_attention", gqa, "cuda", floor_us / 0.5, nb, prefix=16384),  # 50%: missed
+        _bench("c", "tree_attention", gqa, "sdpa", 4 * floor_us / 0.85, nb, prefix=16384),
+        _bench("d", "tree_attention", b8, "triton", nb8 / 4300e3 / 0.9, nb8, prefix=4096),  # 90%
+        _bench("e", "tree_attention", "(8, 32, 8, 31, 128, 4127)", "triton", 1000.0, nb8 / 4, prefix=4096),  # 8%
+        _bench("f", "tree_attention", "(1, 32, 32, 31, 128, 4127)", "triton", 1000.0, nb, prefix=4096),  # no goal
     ]
-    for mode in ("rrs", "kseq", "greedy"):
-        rows += [_bench("v", "verify_tree", "(1, 31, 32000)", "triton", 15.0, 1e5, mode),
-                 _bench("v", "verify_tree", "(1, 31, 32000)", "cuda", 25.0, 1e5, mode),
+    for mode, t1, t64, c1 in (("rrs", 20.0, 70.0, 30.0), ("kseq", 50.0, 150.0, 100.0), ("greedy", 5.0, 20.0, 9.0)):
+        rows += [_bench("v", "verify_tree", "(1, 31, 32000)", "triton", t1, 1e5, mode),
+                 _bench("v", "verify_tree", "(64, 31, 128256)", "triton", t64, 1e8, mode),
+                 _bench("v", "verify_tree", "(1, 31, 32000)", "cuda", c1, 1e5, mode),
                  _bench("v", "verify_tree", "(1, 31, 32000)", "torch", 400.0, 1e5, mode)]
+    rows += [_bench("s", "sample_without_replacement", "(64, 32000, 4)", "triton", 5.0, 4.1e6, rows=64),
+             _bench("s", "sample_without_replacement", "(64, 32000, 4)", "cuda", 9.0, 4.1e6, rows=64)]
     (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": rows, "skipped": [], "errors": []}))
     (tmp_path / "tests.xml").write_text(
         '<testsuites><testsuite>'
@@ -59,17 +65,21 @@ def test_report_goals(tmp_path, capsys):
                         "--tests", str(tmp_path / "tests.xml"), "--e2e", str(tmp_path / "none.json")]) == 0
     out = capsys.readouterr().out
     goals = {(l[:62].strip(), l[63:70].strip()): l.split()[-1] for l in _goal_lines(out)}
-    assert goals[("tree attention >= 80% of copy bandwidth, prefix >= 4k", "triton")] == "met"
-    assert goals[("tree attention >= 80% of copy bandwidth, prefix >= 4k", "cuda")] == "MISSED"
-    assert goals[("tree attention >= 3x SDPA (dense mask), prefix >= 4k", "triton")] == "met"
-    assert goals[("tree attention >= FlexAttention, prefix >= 4k", "triton")] == "met"
-    assert goals[("verify_tree <= 20 us, B=1 T=31 V=32000", "triton")] == "met"
-    assert goals[("verify_tree <= 20 us, B=1 T=31 V=32000", "cuda")] == "MISSED"
-    assert goals[("verify_tree >= 10x torch reference, B=1 T=31 V=32000", "cuda")] == "met"
+    assert goals[("tree attention >= 60% of copy bw, B=1 GQA prefix 16384", "triton")] == "met"
+    assert goals[("tree attention >= 60% of copy bw, B=1 GQA prefix 16384", "cuda")] == "MISSED"
+    assert goals[("tree attention >= 60% of copy bw, B=8", "triton")] == "MISSED"  # the 8% row
+    assert goals[("tree attention >= 60% of copy bw, B=8", "cuda")] == "measured"  # "not measured"
+    assert goals[("verify_tree rrs <= 25 us, B=1 T=31 V=32000", "triton")] == "met"
+    assert goals[("verify_tree rrs <= 25 us, B=1 T=31 V=32000", "cuda")] == "MISSED"
+    assert goals[("verify_tree rrs <= 60 us, B=64 T=31 V=128256 bf16", "triton")] == "MISSED"
+    assert goals[("verify_tree kseq <= 3x rrs, same shapes", "triton")] == "met"  # 2.5x and 2.1x
+    assert goals[("verify_tree kseq <= 3x rrs, same shapes", "cuda")] == "MISSED"  # 3.33x
+    assert goals[("sample_without_replacement <= 6 us, 64x32000 k=4", "triton")] == "met"
+    assert goals[("sample_without_replacement <= 6 us, 64x32000 k=4", "cuda")] == "MISSED"
     assert goals[("equal to the reference (kernel tests)", "triton")] == "met"
     assert goals[("equal to the reference (kernel tests)", "cuda")] == "MISSED"
-    assert "tests    FAILED (rc 1)" in out and "85%" in out and "no e2e results" in out
-    table = [l for l in out.splitlines() if l.startswith("tree_attention") and attn in l]
+    assert "tests    FAILED (rc 1)" in out and "65%" in out and "no e2e results" in out
+    table = [l for l in out.splitlines() if l.startswith("tree_attention") and gqa in l]
     assert any(l.split()[-1] == "met" and " triton " in l for l in table)
     assert any(l.split()[-1] == "MISSED" and " cuda " in l for l in table)
 
@@ -81,7 +91,7 @@ def test_report_without_any_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TIMEOUT (rc 124)" in out and "(no benchmark rows)" in out
     lines = _goal_lines(out)
-    assert len(lines) == 12 and all("not measured" in l for l in lines)
+    assert len(lines) == 14 and all("not measured" in l for l in lines)
     assert all("(build failed)" in l for l in lines if " cuda " in l)
 
 

@@ -11,7 +11,7 @@ writes ``(out, log-sum-exp)`` partials that :func:`_combine_kernel` merges.
 
 Launch plan (:func:`launch_plan`): the split count fills **one wave** of the device (``CTAS_PER_SM``
 resident programs per SM, 132 SMs on an H200; FlashInfer's rule), keeping at least
-``max(256, 4 M)`` prefix keys per split so the fp32 partials stay small against K/V; it is a
+``max(256, 2 M)`` prefix keys per split so the fp32 partials stay within about half the K/V bytes; it is a
 runtime argument (with ``S`` and ``split_len``, not specialised), so a growing prefix never
 recompiles the kernel; the K/V loop runs ``NUM_STAGES``-deep software pipelining; the combine
 kernel loads every split's partial of a row at once (all loads in flight). K and V are read
@@ -25,11 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import backends
 from .. import triton_compat  # noqa: F401  (interpreter fixes, see module)
 
 HEAD_DIMS = (16, 32, 64, 128, 256)
 LOG2E = 1.4426950408889634
-H200_SMS = 132  # the plan's SM count when no CUDA device is present (CPU tests, bench/roofline.py)
 CTAS_PER_SM = 2  # resident programs per SM of the launch configurations (registers/smem: test_triton_compile_sm90)
 NUM_STAGES = 3
 MAX_SPLITS = 32  # the combine kernel's compile-time bound on the (runtime) split count
@@ -134,12 +134,6 @@ def _combine_kernel(part_ptr, lse_ptr, out_ptr, num_splits, SPLITS_P2: tl.conste
 _DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
-def device_sms(device) -> int:
-    """SMs of ``device`` (a CUDA device), else :data:`H200_SMS` (the plan of the H200)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return H200_SMS
 
 
 def launch_config(D: int, M: int):
@@ -153,16 +147,16 @@ def launch_config(D: int, M: int):
     return block_m, block_n, 8 if block_m >= 32 else 4, NUM_STAGES
 
 
-def num_splits_for(B, Hkv, m_blocks, max_prefix, M, sms=H200_SMS, ctas_per_sm=CTAS_PER_SM):
+def num_splits_for(B, Hkv, m_blocks, max_prefix, M, sms=backends.H200_SMS, ctas_per_sm=CTAS_PER_SM):
     """Split-KV count: as many splits as fit in **one wave** (``B * Hkv * m_blocks * splits <=
-    sms * ctas_per_sm``), each keeping at least ``max(256, 4 M)`` prefix keys, at most :data:`MAX_SPLITS`."""
+    sms * ctas_per_sm``), each keeping at least ``max(256, 2 M)`` prefix keys, at most :data:`MAX_SPLITS`."""
     base = max(1, B * Hkv * m_blocks)
     want = max(1, (sms * ctas_per_sm) // base)
-    min_keys = max(MIN_KEYS_PER_SPLIT, 4 * M)
+    min_keys = max(MIN_KEYS_PER_SPLIT, 2 * M)
     return int(max(1, min(want, max_prefix // min_keys, MAX_SPLITS)))
 
 
-def launch_plan(B, Hq, Hkv, T, D, S, sms=H200_SMS, *, num_splits=None, block_m=None, block_n=None) -> dict:
+def launch_plan(B, Hq, Hkv, T, D, S, sms=backends.H200_SMS, *, num_splits=None, block_m=None, block_n=None) -> dict:
     """The launches of :func:`tree_attention_splits` for these shapes (``S`` the cache length)."""
     M = (Hq // Hkv) * T
     cfg_m, cfg_n, num_warps, num_stages = launch_config(D, M)
@@ -206,7 +200,7 @@ def tree_attention_splits(q, k, v, mask_bits, prefix_lens, scale: float, *, num_
     out = torch.empty_like(q)
     if B == 0 or Hq == 0:
         return out
-    plan = launch_plan(B, Hq, Hkv, T, D, S, device_sms(q.device), num_splits=num_splits, block_m=block_m,
+    plan = launch_plan(B, Hq, Hkv, T, D, S, backends.device_sms(q.device), num_splits=num_splits, block_m=block_m,
                        block_n=block_n)
     splits = plan["num_splits"]
     W = mask_bits.shape[-1]

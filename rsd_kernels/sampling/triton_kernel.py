@@ -28,11 +28,11 @@ import triton
 import triton.language as tl
 
 from .. import noise as _noise
+from .. import backends
 from .. import triton_compat  # noqa: F401  (interpreter fixes, see module)
 from ..triton_noise import STREAM_GUMBEL, gumbel, token_uniforms
 
 MAX_K = 1024  # top-k kept in registers
-H200_SMS = 132  # the plan's SM count when no CUDA device is present (CPU tests, bench/roofline.py)
 MIN_BLOCK_V, MAX_BLOCK_V = 1024, 4096
 BIG_TOKEN = 2147483647
 
@@ -206,15 +206,9 @@ def _tl_dtype(dt):
     return tl.float64 if dt == torch.float64 else tl.float32
 
 
-def device_sms(device) -> int:
-    """SMs of ``device`` (a CUDA device), else :data:`H200_SMS` (the plan of the H200)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return H200_SMS
 
 
-def launch_plan(rows: int, V: int, k: int, sms: int = H200_SMS, block_v: int | None = None) -> dict:
+def launch_plan(rows: int, V: int, k: int, sms: int = backends.H200_SMS, block_v: int | None = None) -> dict:
     """The partial grid: ``BLOCK_V`` the largest power of two in [1024, 4096] (or ``block_v``) that
     still gives ``rows * blocks >= 2 * sms`` programs (else 1024), blocks = ``cdiv(V, BLOCK_V)``;
     ``KB`` = candidate slots per block (``next_pow2(k)``), ``NBP`` = next_pow2(blocks) for the merge."""
@@ -278,7 +272,7 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     t = temperature if noisy else 1.0
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
     temp = _temperature_tensor(t, ct, g)
-    plan = launch_plan(R, V, kmax, device_sms(dev), block_v)
+    plan = launch_plan(R, V, kmax, backends.device_sms(dev), block_v)
     parts = _partials(logits, g, temp, t, kmax, ct, plan, noisy, noisy and gumbel is None, seed, offset)
     _sample_merge_kernel[(R,)](logits, k, temp, float(t), *parts, tokens, lp, num, V, plan["NB"], kmax,
                                CT=_tl_dtype(ct), KB=plan["KB"], NBP=plan["NBP"], num_warps=4)
@@ -304,7 +298,7 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
     temp = _temperature_tensor(temperature, ct, g)
     if B * N:
-        plan = launch_plan(B * N, V, Wb, device_sms(dev), block_v)
+        plan = launch_plan(B * N, V, Wb, backends.device_sms(dev), block_v)
         parts = _partials(logits.view(B * N, V), g, temp, temperature, Wb, ct, plan, True, gumbel is None, seed,
                           offset)
         _beam_merge_kernel[(B * N,)](logits, phi, G, g, temp, float(temperature), *parts, tok, phi_c, Gc, V,

@@ -40,14 +40,14 @@ import triton
 import triton.language as tl
 
 from .. import noise as _noise
+from .. import backends
 from .. import triton_compat  # noqa: F401  (interpreter fix, see module)
 from ..triton_noise import STREAM_RESIDUAL, accept_uniform, gumbel, token_uniforms
 
 MAX_TREE_NODES = 256
 MODE_IDS = {"rrs": 0, "kseq": 1, "greedy": 2}
-H200_SMS = 132  # the plan's SM count when no CUDA device is present (CPU tests, bench/roofline.py)
 PRE_MAX_BYTES = 16 << 20  # launch 1 reads every node's rows when they total at most this
-WALK_BLOCK_V = 4096
+WALK_BLOCK_V = 4096  # with 16 warps: two 16 KB tiles (bf16 target + draft) in flight, no spills
 MAX_RHO_PASSES = 24  # kseq: bound on the Newton/bisection passes per level (typically 4-7)
 RHO_REL_TOL = {torch.float32: 2.0**-20, torch.float64: 2.0**-42}
 NUM_STAGES = tl.constexpr(2)  # software pipelining of the walk's vocabulary loops (the next tile loads while one reduces)
@@ -542,11 +542,6 @@ def _next_pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def device_sms(device) -> int:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return H200_SMS
 
 
 def _blocks_to_fill(rows: int, V: int, sms: int, lo: int, hi: int) -> int:
@@ -558,7 +553,7 @@ def _blocks_to_fill(rows: int, V: int, sms: int, lo: int, hi: int) -> int:
     return min(block, _next_pow2(V, 16))
 
 
-def launch_plan(B: int, T: int, V: int, mode: str, elem_bytes: int, sms: int = H200_SMS, *, block_v=None,
+def launch_plan(B: int, T: int, V: int, mode: str, elem_bytes: int, sms: int = backends.H200_SMS, *, block_v=None,
                 precompute=None) -> dict:
     """Which launches ``verify`` makes and their grids (see the module docstring).
 
@@ -614,7 +609,7 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
     passes = torch.empty(B, dtype=torch.int32, device=dev)
     if B == 0:
         return (path, nacc, nxt, passes) if return_passes else (path, nacc, nxt)
-    plan = launch_plan(B, T, V, mode, target_logits.element_size(), device_sms(dev), block_v=block_v,
+    plan = launch_plan(B, T, V, mode, target_logits.element_size(), backends.device_sms(dev), block_v=block_v,
                        precompute=precompute)
     dummy = torch.zeros(1, dtype=torch.float32, device=dev)
     u = dummy if uniform is None else uniform
@@ -641,7 +636,7 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
         path, nacc, nxt, stf, sti, rej, passes, T, V, P, nb, 0 if seed is None else int(seed), int(offset),
         RHO_REL_TOL[ct], MAX_RHO_PASSES,
         MODE=MODE_IDS[mode], GEN=gen, CT=ctl, PRE=plan["pre"], BLOCK_T=block_t, BLOCK_V=wb,
-        BLOCK_P=_next_pow2(P, 16), NBP=_next_pow2(nb, 2), num_warps=4 if wb <= 1024 else 8,
+        BLOCK_P=_next_pow2(P, 16), NBP=_next_pow2(nb, 2), num_warps=min(16, max(4, wb * ct.itemsize // 1024)),
     )
     if not greedy:
         nbs = plan["nb_sample"]
