@@ -54,21 +54,30 @@ cudaError_t launch_sample_topk(const SampleArgs& args, DType dtype, cudaStream_t
 
 // ---- tree attention (tree_attention.cu) --------------------------------------------------
 struct TreeAttentionArgs {
-  const void* q;              // [B, Hq, T, D]
-  const void* k;              // [B, Hkv, S, D]
-  const void* v;              // [B, Hkv, S, D]
-  const int32_t* mask_bits;   // [B, T, ceil(T/32)]
+  const void* q;              // [B, Hq, T, D], strides q_stride (elements; batch, head, node), last dim contiguous
+  const void* k;              // [B, Hkv, S, D], strides k_stride (batch, head, key), last dim contiguous
+  const void* v;              // [B, Hkv, S, D], strides v_stride
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+  const int32_t* mask_bits;   // [B, T, ceil(T/32)] contiguous
   const int64_t* prefix_lens; // [B]
-  void* out;                  // [B, Hq, T, D] of the input dtype
-  float* partial_o;           // [splits, B, Hq, T, D] float workspace (tensor-core path only)
-  float* partial_ml;          // [splits, B, Hq, T, 2] float workspace: running max, sum
+  void* out;                  // [B, Hq, T, D] contiguous, of the input dtype
+  float* partial_o;           // [splits, B, Hq, T, D] float workspace (tensor-core path, splits > 1)
+  float* partial_ml;          // [splits, B, Hq, T, 2] float workspace: running max (log2 units), sum
   int B, Hq, Hkv, T, S, D, splits;
   double scale;
+  int sm_arch;    // compute capability of the device, e.g. 90 (the tensor-core path needs >= 80)
+  int kv_align;   // largest power of two <= 16 dividing the K/V pointers and byte strides (and q's, for
+                  // the tensor-core path, which needs 16)
+  int max_smem;   // the device's opt-in shared memory per block, bytes
+  float scale_log2e;  // set by the launcher
 };
+// Whether the tensor-core (mma.sync) kernel handles this case: fp16/bf16, D in {64, 128}, sm_80+.
+bool tree_attention_uses_tensor_cores(int D, DType dtype, int sm_arch);
+// KV splits for `ctas` CTAs over `S` keys with `slots` resident CTAs on the device: as many as
+// fill one wave (floor, never a partial second wave), at least 256 keys each, at least 1.
+int plan_kv_splits(int64_t ctas, int64_t S, int64_t slots);
 // Number of KV splits the launcher will use (the bindings size the workspaces with it).
-int tree_attention_splits(int B, int Hq, int Hkv, int T, int S, int D, DType dtype, int num_sms);
-// Whether the tensor-core (WMMA) kernel handles this case: fp16/bf16 and D in {64, 128}.
-bool tree_attention_uses_tensor_cores(int D, DType dtype);
+int tree_attention_splits(int B, int Hq, int Hkv, int T, int S, int D, DType dtype, int num_sms, int sm_arch);
 cudaError_t launch_tree_attention(const TreeAttentionArgs& args, DType dtype, cudaStream_t stream);
 
 }  // namespace rsd

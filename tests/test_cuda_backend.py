@@ -49,6 +49,31 @@ def test_tree_attention_matches_reference(case, D, dtype, tol):
         assert cuda_backend.extension().attention_splits(B, Hq, Hkv, T, S, D, q) > 1
 
 
+@pytest.mark.parametrize("dtype,D", [(torch.bfloat16, 128), (torch.float16, 64), (torch.float32, 64)])
+def test_tree_attention_reads_cache_views_in_place(dtype, D):
+    """K/V as the KV cache hands them over (the [:, :, :S] view of a longer buffer, and a
+    token-major buffer seen through transpose): the result equals the contiguous one, and the
+    call allocates nothing of K/V's size (no copy)."""
+    from rsd_kernels import cuda_backend
+
+    B, Hq, Hkv, T, S = 2, 8, 2, 16, 1500
+    gen = torch.Generator().manual_seed(D)
+    bits = DraftTree(torch.zeros(B, T, dtype=torch.int64), _random_tree(B, T, gen)).ancestor_bitmask.to(DEVICE)
+    pl = torch.tensor([S - T, 700], dtype=torch.int64, device=DEVICE)
+    q = torch.randn(B, Hq, T, D, generator=gen).to(DEVICE, dtype)
+    buf_k = torch.randn(B, Hkv, S + 512, D, generator=gen).to(DEVICE, dtype)
+    buf_v = torch.randn(B, S + 512, Hkv, D, generator=gen).to(DEVICE, dtype)
+    k, v = buf_k[:, :, :S], buf_v[:, :S].transpose(1, 2)
+    want = cuda_backend.tree_attention(q, k.contiguous(), v.contiguous(), bits, pl, D ** -0.5)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    got = cuda_backend.tree_attention(q, k, v, bits, pl, D ** -0.5)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < k.numel() * k.element_size()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("V", [32000, 50257])  # 16-byte loads; scalar loads (odd V)
 @pytest.mark.parametrize("k", [1, 5, 33, 64])

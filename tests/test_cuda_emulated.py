@@ -39,7 +39,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not (CUDA_INCLUDE
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     srcs = [ROOT / "csrc" / n for n in ("verify.cu", "sampling.cu", "tree_attention.cu", "common.cuh", "philox.cuh",
-                                        "rsd_kernels.h")]
+                                        "ptx.cuh", "rsd_kernels.h")]
     srcs += [EMU / n for n in ("host_shim.h", "harness.cc", "build.sh")]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     so = Path(tempfile.gettempdir()) / "rsd-kernels-emu" / f"libemu-{key}.so"  # cached by source hash
@@ -202,67 +202,140 @@ def test_sampling_kernel_matches_reference(lib, dtype, V, kmax, threads):
         torch.testing.assert_close(gl.float(), wl, atol=2e-6, rtol=2e-6)
 
 
-def emu_attention(lib, q, k, v, mask_bits, prefix_lens, scale, splits):
+def kv_align(*tensors):
+    """What the bindings pass as ``kv_align``: the largest power of two <= 16 dividing every
+    pointer and byte stride (batch, head, row) of the given tensors."""
+    align = 16
+    for t in tensors:
+        for x in [t.data_ptr()] + [s * t.element_size() for s in t.stride()[:3]]:
+            while x % align:
+                align //= 2
+    return align
+
+
+def emu_attention(lib, q, k, v, mask_bits, prefix_lens, scale, splits, eager=False):
+    """The CUDA launcher on q/k/v as they lie (any batch/head/row strides, last dim contiguous)."""
     B, Hq, T, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    out = torch.empty_like(q)
-    po, pml = torch.empty(splits, B, Hq, T, D), torch.empty(splits, B, Hq, T, 2)
+    assert q.stride(3) == k.stride(3) == v.stride(3) == 1
+    out = torch.empty(B, Hq, T, D, dtype=q.dtype)
+    po, pml = torch.full((splits, B, Hq, T, D), float("nan")), torch.full((splits, B, Hq, T, 2), float("nan"))
+    strides = [torch.tensor(t.stride()[:3], dtype=torch.int64) for t in (q, k, v)]
     lib.emu_set_block_threads(ctypes.c_uint(0))
-    lib.emu_tree_attention(_p(q), _p(k), _p(v), _p(mask_bits), _p(prefix_lens), _p(out), _p(po), _p(pml), B, Hq, Hkv,
-                           T, S, D, splits, ctypes.c_double(scale), DTYPE_CODE[q.dtype])
+    lib.emu_set_async_copy_eager(int(eager))
+    try:
+        rc = lib.emu_tree_attention(_p(q), _p(k), _p(v), *map(_p, strides), _p(mask_bits), _p(prefix_lens), _p(out),
+                                    _p(po), _p(pml), B, Hq, Hkv, T, S, D, splits, ctypes.c_double(scale),
+                                    DTYPE_CODE[q.dtype], kv_align(q, k, v))
+    finally:
+        lib.emu_set_async_copy_eager(0)
+    assert rc == 0
     return out
+
+
+def kv_layout(x, layout, gen):
+    """``x [B, H, S, D]`` as the same values in another memory layout: ``contiguous``; ``view``,
+    the ``[:, :, :S]`` slice of a longer cache buffer (the KV cache's own views); ``tokens``,
+    a token-major ``[B, S, H, D]`` buffer seen through ``transpose(1, 2)``."""
+    B, H, S, D = x.shape
+    if layout == "view":
+        buf = torch.randn(B, H, S + 24, D, generator=gen).to(x.dtype)
+        buf[:, :, :S] = x
+        return buf[:, :, :S]
+    if layout == "tokens":
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    return x
 
 
 ATTN_CASES = [  # B, Hq, Hkv, T, prefix_lens, S, splits
     (2, 4, 2, 13, [5, 100], 120, 1),
     (1, 4, 1, 20, [150], 170, 3),  # GQA group 4 (M = 80 rows: two M tiles), three KV splits
     (2, 2, 2, 33, [0, 40], 80, 2),  # T > 32: two bitmask words; an empty prefix; a split with no keys
+    (1, 2, 1, 9, [300], 320, 2),  # six 64-key tiles: the pipeline wraps around its stages
 ]
 
 
 ATTN_PARAMS = [  # the tensor-core path on every case; the CUDA-core path (fp32, fp64, odd D) on small ones
-    pytest.param(case, dtype, D, id=f"{name}-{str(dtype)[6:]}-D{D}",
+    pytest.param(case, dtype, D, layout, id=f"{name}-{str(dtype)[6:]}-D{D}-{layout}",
                  marks=[pytest.mark.slow] if slow else [])
-    for name, case, dtype, D, slow in [
-        ("ragged", ATTN_CASES[0], torch.float16, 64, False),
-        ("gqa-split", ATTN_CASES[1], torch.float16, 64, False),
-        ("two-words", ATTN_CASES[2], torch.bfloat16, 128, False),
-        ("ragged", ATTN_CASES[0], torch.bfloat16, 128, True),
-        ("gqa-split", ATTN_CASES[1], torch.bfloat16, 128, True),
-        ("two-words", ATTN_CASES[2], torch.float16, 64, True),
-        ("two-words", ATTN_CASES[2], torch.float32, 64, False),
-        ("two-words", ATTN_CASES[2], torch.float16, 80, True),
-        ("two-words", ATTN_CASES[2], torch.float64, 32, True),
+    for name, case, dtype, D, layout, slow in [
+        ("ragged", ATTN_CASES[0], torch.float16, 64, "view", False),
+        ("gqa-split", ATTN_CASES[1], torch.float16, 64, "tokens", False),
+        ("two-words", ATTN_CASES[2], torch.bfloat16, 128, "contiguous", False),
+        ("long", ATTN_CASES[3], torch.bfloat16, 64, "view", False),
+        ("ragged", ATTN_CASES[0], torch.bfloat16, 128, "tokens", True),
+        ("gqa-split", ATTN_CASES[1], torch.bfloat16, 128, "view", True),
+        ("two-words", ATTN_CASES[2], torch.float16, 64, "contiguous", True),
+        ("two-words", ATTN_CASES[2], torch.float32, 64, "view", False),
+        ("long", ATTN_CASES[3], torch.float32, 32, "tokens", False),
+        ("two-words", ATTN_CASES[2], torch.float16, 80, "tokens", True),
+        ("ragged", ATTN_CASES[0], torch.float16, 36, "contiguous", True),  # 72-byte rows: 8-byte copies
+        ("two-words", ATTN_CASES[2], torch.float64, 32, "view", True),
     ]
 ]
 
 
-@pytest.mark.parametrize("case,dtype,D", ATTN_PARAMS)
-def test_attention_kernel_matches_reference(lib, case, dtype, D):
+def _attention_inputs(case, dtype, D, layout):
     B, Hq, Hkv, T, prefix, S, splits = case
-    tensor_cores = bool(lib.emu_tree_attention_uses_tensor_cores(D, DTYPE_CODE[dtype]))
-    if not tensor_cores:
-        splits = 1  # the CUDA-core path does not split
     gen = torch.Generator().manual_seed(T * 31 + D)
     parents = torch.full((B, T), -1, dtype=torch.int32)
     for i in range(1, T):
         parents[:, i] = torch.randint(max(0, i - 3), i, (B,), generator=gen).to(torch.int32)
     bits = DraftTree(torch.zeros(B, T, dtype=torch.int64), parents).ancestor_bitmask.contiguous()
-    q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
-    k = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
-    v = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
-    pl = torch.tensor(prefix, dtype=torch.int64)
+    q = kv_layout(torch.randn(B, Hq, T, D, generator=gen).to(dtype), layout, gen)
+    k = kv_layout(torch.randn(B, Hkv, S, D, generator=gen).to(dtype), layout, gen)
+    v = kv_layout(torch.randn(B, Hkv, S, D, generator=gen).to(dtype), layout, gen)
+    return q, k, v, bits, torch.tensor(prefix, dtype=torch.int64)
+
+
+ATTN_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("case,dtype,D,layout", ATTN_PARAMS)
+def test_attention_kernel_matches_reference(lib, case, dtype, D, layout):
+    splits = case[-1]
+    tensor_cores = bool(lib.emu_tree_attention_uses_tensor_cores(D, DTYPE_CODE[dtype]))
+    if not tensor_cores:
+        splits = 1  # the CUDA-core path does not split
+    q, k, v, bits, pl = _attention_inputs(case, dtype, D, layout)
     scale = D ** -0.5
-    got = emu_attention(lib, q, k, v, bits, pl, scale, splits)
-    want = aref.tree_attention(q, k, v, bits, pl, scale)
-    tol = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
-    torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
+    want = aref.tree_attention(q.contiguous(), k.contiguous(), v.contiguous(), bits, pl, scale)
+    tol = ATTN_TOL[dtype]
+    # cp.async performed at wait, then at issue (host_shim.h); the CUDA-core path's second mode
+    # only on its many-tile case (the emulation of its shuffles is slow)
+    for eager in (False, True) if tensor_cores or case is ATTN_CASES[3] else (False,):
+        got = emu_attention(lib, q, k, v, bits, pl, scale, splits, eager=eager)
+        torch.testing.assert_close(got.double(), want.double(), atol=tol, rtol=tol)
     if D != 64 or dtype != torch.float16:
         return
     # and the masked keys matter: attending to everything gives something else
     no_mask = torch.full_like(bits, -1)
     assert not torch.allclose(emu_attention(lib, q, k, v, no_mask, pl, scale, splits).double(), want.double(),
                               atol=tol, rtol=tol)
+
+
+def test_attention_prefix_out_of_range_reads_nothing_outside(lib):
+    """prefix_lens beyond S - T (what validate=False lets through) must not read past the cache or
+    the bitmask: the kernel clamps, the output stays finite, and (checked by the emulation's
+    plain memory) nothing crashes."""
+    q, k, v, bits, _ = _attention_inputs(ATTN_CASES[0], torch.float16, 64, "contiguous")
+    for bad in ([-5, 1000], [120, 119]):
+        out = emu_attention(lib, q, k, v, bits, torch.tensor(bad), 0.125, 2)
+        assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("ctas,S,slots", [(16, 16384, 264), (16, 4096, 264), (64, 4096, 264), (2, 300, 264),
+                                          (300, 8192, 264), (33, 100000, 264), (1, 10, 264)])
+def test_attention_split_plan(lib, ctas, S, slots):
+    """plan_kv_splits: as many splits as fill the resident CTA slots (never a partial second
+    wave), at least 256 keys per split, 1 when one split already fills a wave."""
+    splits = lib.emu_plan_kv_splits(ctypes.c_int64(ctas), ctypes.c_int64(S), ctypes.c_int64(slots))
+    assert splits >= 1
+    if ctas >= slots:
+        assert splits == 1
+    else:
+        assert ctas * splits <= slots  # one wave
+        assert splits == max(1, min(slots // ctas, -(-S // 256)))  # as many as fit, >= 256 keys each
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -7,10 +7,10 @@ out=$1
 mkdir -p "$out"
 cuda_inc=${CUDA_INCLUDE:-/usr/local/cuda/include}
 for f in verify sampling tree_attention; do
-  # kernel<<<grid, block, smem, stream>>>(a);  ->  emu::launch(kernel, grid, block, smem, a);
+  # kernel<<<grid, block, smem, stream>>>(p);  ->  emu::launch(kernel, grid, block, smem, p);
   # extern __shared__ T name[];                ->  T* name = (T*)emu::dyn_smem();
-  sed -E -e 's/([A-Za-z_][A-Za-z0-9_]*<[^;]*>)<<<([^,]+), ([^,]+), ([^,]+), [^>]+>>>\(a\);/emu::launch(\1, \2, \3, \4, a);/' \
-         -e 's/__align__\([0-9]+\) //' -e 's/#include <mma.h>//' -e 's/cudaFuncSetAttribute\(/emu::func_set_attribute(/' \
+  sed -E -e 's/([A-Za-z_][A-Za-z0-9_]*<[^;]*>)<<<([^,]+), ([^,]+), ([^,]+), [^>]+>>>\(([a-z_]+)\);/emu::launch(\1, \2, \3, \4, \5);/' \
+         -e 's/__align__\([0-9]+\) //' -e 's/cudaFuncSetAttribute\(/emu::func_set_attribute(/' \
          -e 's/extern __shared__ ([a-z ]+) ([a-z_]+)\[\];/\1* \2 = reinterpret_cast<\1*>(emu::dyn_smem());/' \
          "$csrc/$f.cu" >"$out/$f.cc"
   grep -q "emu::launch" "$out/$f.cc" || { echo "build.sh: no launch rewritten in $f.cu" >&2; exit 1; }

@@ -4,10 +4,15 @@
 
 // The launchers end with cudaGetLastError(); no CUDA runtime is linked here.
 extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+extern "C" cudaError_t CUDARTAPI cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int, size_t) {
+  *n = 2;
+  return cudaSuccess;
+}
 
 extern "C" {
 
 void emu_set_block_threads(unsigned threads) { emu::block_threads_override = threads; }
+void emu_set_async_copy_eager(int eager) { emu::async_copy_eager = eager != 0; }
 
 int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens, const int32_t* parents,
                     const int32_t* num_nodes, const float* uniform, const float* gumbel, uint64_t seed, uint32_t offset,
@@ -59,13 +64,19 @@ int emu_sample_topk(const void* logits, const int32_t* k, const float* gumbel, u
   return 0;
 }
 
-int emu_tree_attention(const void* q, const void* k, const void* v, const int32_t* mask_bits, const int64_t* prefix_lens,
-                       void* out, float* partial_o, float* partial_ml, int B, int Hq, int Hkv, int T, int S, int D,
-                       int splits, double scale, int dtype) {
+int emu_tree_attention(const void* q, const void* k, const void* v, const int64_t* q_stride, const int64_t* k_stride,
+                       const int64_t* v_stride, const int32_t* mask_bits, const int64_t* prefix_lens, void* out,
+                       float* partial_o, float* partial_ml, int B, int Hq, int Hkv, int T, int S, int D, int splits,
+                       double scale, int dtype, int kv_align) {
   rsd::TreeAttentionArgs a{};
   a.q = q;
   a.k = k;
   a.v = v;
+  for (int i = 0; i < 3; ++i) {
+    a.q_stride[i] = q_stride[i];
+    a.k_stride[i] = k_stride[i];
+    a.v_stride[i] = v_stride[i];
+  }
   a.mask_bits = mask_bits;
   a.prefix_lens = prefix_lens;
   a.out = out;
@@ -79,11 +90,15 @@ int emu_tree_attention(const void* q, const void* k, const void* v, const int32_
   a.D = D;
   a.splits = splits;
   a.scale = scale;
-  rsd::launch_tree_attention(a, static_cast<rsd::DType>(dtype), nullptr);
-  return 0;
+  a.sm_arch = 90;
+  a.kv_align = kv_align;
+  a.max_smem = 227 * 1024;
+  return rsd::launch_tree_attention(a, static_cast<rsd::DType>(dtype), nullptr) == cudaSuccess ? 0 : 1;
 }
 
 int emu_tree_attention_uses_tensor_cores(int D, int dtype) {
-  return rsd::tree_attention_uses_tensor_cores(D, static_cast<rsd::DType>(dtype));
+  return rsd::tree_attention_uses_tensor_cores(D, static_cast<rsd::DType>(dtype), 90);
 }
+
+int emu_plan_kv_splits(int64_t ctas, int64_t S, int64_t slots) { return rsd::plan_kv_splits(ctas, S, slots); }
 }
