@@ -45,16 +45,21 @@ def _sampling_specs():
     out = []
     for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
                                    (False, False, "fp16", "fp32", 2), (True, True, "fp64", "fp64", 64)]:
-        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64",
-               "offset": "i64"}
-        const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "BLOCK_V": 4096}
-        out.append((S, "_sample_topk_kernel", sig, const, 8))
+        sig = {"logits_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "pm_ptr": _F[ct],
+               "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32", "V": "i32", "NB": "i32",
+               "KMAX": "i32", "seed": "i64", "offset": "i64"}
+        const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "NQ": 1024}
+        out.append((S, "_topk_partial_kernel", sig, const, 8))
+    parts = lambda ct: {"pm_ptr": _F[ct], "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32"}
+    for dt, ct in [("bf16", "fp32"), ("fp64", "fp64")]:
+        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "temp_ptr": _F[ct], "temp_val": "fp32", **parts(ct),
+               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "NB": "i32", "KMAX": "i32"}
+        out.append((S, "_sample_merge_kernel", sig, {"CT": ct, "KB": 8, "NBP": 8}, 4))
     for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
         sig = {"logits_ptr": _F[dt], "phi_ptr": "*fp32", "G_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct],
-               "temp_val": "fp32", "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32", "W": "i32",
-               "seed": "i64", "offset": "i64"}
-        out.append((S, "_beam_candidates_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "BLOCK_V": 4096}, 8))
+               "temp_val": "fp32", **parts(ct), "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32",
+               "NB": "i32", "W": "i32", "seed": "i64", "offset": "i64"}
+        out.append((S, "_beam_merge_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "NBP": 8}, 4))
     return out
 
 

@@ -32,7 +32,7 @@ import triton.language as tl
 
 from .. import noise as _noise
 from .. import triton_compat  # noqa: F401  (interpreter fix, see module)
-from ..triton_noise import gumbel_from_uniform, philox_uniform
+from ..triton_noise import STREAM_RESIDUAL, accept_uniform, gumbel, token_uniforms
 from .reference import RHO_ITERS
 
 MAX_TREE_NODES = 256
@@ -104,7 +104,7 @@ def _probs_at(t_row, d_row, x, mask, temp, m_t, s_t, m_d, s_d, CT: tl.constexpr)
 @triton.jit
 def _gumbel_at(g_row, offs, mask, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr):
     if GEN:
-        g = gumbel_from_uniform(philox_uniform(seed, offset, row, 2 << 24, offs))
+        g = gumbel(token_uniforms(seed, offset, row, STREAM_RESIDUAL, offs >> 2, offs & 3))
     else:
         g = tl.load(g_row + offs, mask=mask, other=0.0)
     return g.to(CT)
@@ -115,7 +115,7 @@ def _uniforms(u_row, T, seed, offset, row, GEN: tl.constexpr, CT: tl.constexpr, 
     """The acceptance uniforms of all nodes of the row, ``[BLOCK_T]`` (one Philox call)."""
     idx = tl.arange(0, BLOCK_T)
     if GEN:
-        u = philox_uniform(seed, offset, row, (1 << 24) | idx, idx * 0)
+        u = accept_uniform(seed, offset, row, idx)
     else:
         u = tl.load(u_row + idx, mask=idx < T, other=0.5)
     return u.to(CT)
