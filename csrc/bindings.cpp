@@ -58,6 +58,8 @@ uint64_t checked_seed(const std::optional<int64_t>& seed, bool needed) {
   return static_cast<uint64_t>(seed.value_or(0));
 }
 
+int multiprocessor_count(const at::Device& dev);
+
 // verify_tree: returns (path [B, max_depth+1] int64, num_accepted [B] int64, next_token [B] int64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     const at::Tensor& target_logits, const std::optional<at::Tensor>& draft_logits, const at::Tensor& tokens,
@@ -167,6 +169,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_topk(
   at::Tensor logprobs = at::empty({R, kmax}, logits.options().dtype(compute_dtype(logits)));
   at::Tensor noise = at::empty({R, kmax}, logits.options().dtype(at::kFloat));
   at::Tensor num = at::empty({R}, logits.options().dtype(at::kInt));
+  const rsd::SamplePlan plan = rsd::sample_plan(static_cast<int>(R), static_cast<int>(V), multiprocessor_count(dev));
+  at::Tensor part_stats = at::empty({R, plan.blocks, 2}, logits.options().dtype(compute_dtype(logits)));
+  at::Tensor part_support = at::empty({R, plan.blocks}, logits.options().dtype(at::kInt));
+  at::Tensor part_score = at::empty({R, plan.blocks, kmax}, logits.options().dtype(compute_dtype(logits)));
+  at::Tensor part_token = at::empty({R, plan.blocks, kmax}, logits.options().dtype(at::kInt));
 
   rsd::SampleArgs a{};
   a.logits = logits.data_ptr();
@@ -182,6 +189,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_topk(
   a.logprobs = logprobs.data_ptr();
   a.noise = noise.data_ptr<float>();
   a.num = num.data_ptr<int32_t>();
+  a.blocks = plan.blocks;
+  a.block_tokens = plan.block_tokens;
+  a.part_stats = part_stats.data_ptr();
+  a.part_support = part_support.data_ptr<int32_t>();
+  a.part_score = part_score.data_ptr();
+  a.part_token = part_token.data_ptr<int32_t>();
   check_launch(rsd::launch_sample_topk(a, dtype, c10::cuda::getCurrentCUDAStream().stream()), "sample_topk");
   return {tokens, logprobs, noise, num};
 }

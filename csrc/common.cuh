@@ -35,15 +35,13 @@ __device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162floa
 __device__ __forceinline__ float widen(float x) { return x; }
 __device__ __forceinline__ double widen(double x) { return x; }
 
-// exp/log/pow of the compute type. The float versions go through double for log/pow so that
-// --use_fast_math (approximate logf/powf) does not move sampling or bisection decisions.
+// exp/log/pow of the compute type: float math for float (no fp64 instruction in the fp16/bf16/
+// fp32 kernels), double for fp64 logits. None of them feeds the noise (philox.cuh's log32 does).
 __device__ __forceinline__ float c_exp(float x) { return expf(x); }
 __device__ __forceinline__ double c_exp(double x) { return exp(x); }
-__device__ __forceinline__ float c_log(float x) { return static_cast<float>(log(static_cast<double>(x))); }
+__device__ __forceinline__ float c_log(float x) { return logf(x); }
 __device__ __forceinline__ double c_log(double x) { return log(x); }
-__device__ __forceinline__ float c_pow(float x, float y) {
-  return static_cast<float>(pow(static_cast<double>(x), static_cast<double>(y)));
-}
+__device__ __forceinline__ float c_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ double c_pow(double x, double y) { return pow(x, y); }
 template <typename C> __device__ __forceinline__ C c_tiny();
 template <> __device__ __forceinline__ float c_tiny<float>() { return 1.17549435e-38f; }

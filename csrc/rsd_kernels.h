@@ -49,7 +49,20 @@ struct SampleArgs {
   void* logprobs;        // [R, kmax] out, compute type (double for fp64 logits, else float)
   float* noise;          // [R, kmax] out, the Gumbel noise of each selected token (0 if temperature 0)
   int32_t* num;          // [R] out, min(k, support)
+  // The vocabulary split (sample_plan) and its workspaces (compute type = double for fp64 logits, else float):
+  int blocks;            // vocabulary blocks per row
+  int block_tokens;      // tokens per block, a multiple of 4; blocks * block_tokens >= V
+  void* part_stats;      // [R, blocks, 2] compute type: block max of x / T, sum of exp(x / T - max)
+  int32_t* part_support; // [R, blocks] finite logits per block
+  void* part_score;      // [R, blocks, kmax] compute type: the block's top-kmax perturbed scores, descending
+  int32_t* part_token;   // [R, blocks, kmax] their tokens (INT_MAX past the block's support)
+  float temperature_f;   // set by the launcher
 };
+struct SamplePlan {
+  int blocks, block_tokens;
+};
+// The vocabulary split for R rows of V tokens on a device with num_sms SMs.
+SamplePlan sample_plan(int R, int V, int num_sms);
 cudaError_t launch_sample_topk(const SampleArgs& args, DType dtype, cudaStream_t stream);
 
 // ---- tree attention (tree_attention.cu) --------------------------------------------------

@@ -87,7 +87,7 @@ __device__ int sample_from_weights(const C* w, int V, const VerifyArgs& a, int b
     const C wi = w[i];
     if (!(wi > 0)) continue;
     const float g = a.gumbel ? a.gumbel[static_cast<int64_t>(b) * a.V + i]
-                             : philox_gumbel(a.seed, a.offset, static_cast<uint32_t>(b), kStreamResidual, i);
+                             : token_gumbel(a.seed, a.offset, static_cast<uint32_t>(b), kStreamResidual, static_cast<uint32_t>(i));
     const C score = c_log(wi) + static_cast<C>(g);
     if (ranks_before(score, i, best, idx)) {
       best = score;
@@ -100,7 +100,7 @@ __device__ int sample_from_weights(const C* w, int V, const VerifyArgs& a, int b
 
 __device__ __forceinline__ float accept_uniform(const VerifyArgs& a, int b, int j) {
   return a.uniform ? a.uniform[static_cast<int64_t>(b) * a.T + j]
-                   : philox_uniform(a.seed, a.offset, static_cast<uint32_t>(b), kStreamAccept | static_cast<uint32_t>(j), 0);
+                   : rsd::accept_uniform(a.seed, a.offset, static_cast<uint32_t>(b), static_cast<uint32_t>(j));
 }
 
 // rrs: one pass over node indices; node j is tested iff its parent is the current node.

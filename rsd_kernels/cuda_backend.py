@@ -16,7 +16,9 @@ when ``backend="cuda"`` is asked for. Then the four ops are registered with exac
 signatures of the PyTorch reference launchers (``rsd_kernels/*/reference.py``).
 
 Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` runs one thread block per
-batch row; ``sample_without_replacement`` supports ``k <= 64`` (register top-k);
+batch row; ``sample_without_replacement`` splits the vocabulary across blocks (a (vocabulary
+block, row) kernel with all four Philox lanes per call and float32 noise, then a per-row merge)
+and supports ``k <= 64`` (register top-k);
 ``stochastic_beam_step`` is the per-beam Gumbel-top-``min(width, V)`` kernel followed by a
 torch merge of the ``N * min(width, V)`` candidates (exact: the global top-``width`` lies in
 the union of the per-beam top-``width``, and the truncated Gumbel is increasing in the

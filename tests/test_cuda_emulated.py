@@ -74,14 +74,17 @@ def emu_verify(lib, tl, dl, tokens, parents, num_nodes, mode, temperature, max_d
     return path, nacc, nxt
 
 
-def emu_sample(lib, logits, k, kmax, temperature, gumbel=None, seed=None, offset=0, threads=64):
+def emu_sample(lib, logits, k, kmax, temperature, gumbel=None, seed=None, offset=0, threads=64, block_tokens=0):
+    """block_tokens: tokens per vocabulary block (0: the launcher's plan for a 4-SM device)."""
     R, V = logits.shape
     cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     tokens = torch.empty(R, kmax, dtype=torch.int64)
     lp, nz, num = torch.empty(R, kmax, dtype=cdt), torch.empty(R, kmax), torch.empty(R, dtype=torch.int32)
     lib.emu_set_block_threads(ctypes.c_uint(threads))
-    lib.emu_sample_topk(_p(logits), _p(k), _p(gumbel), ctypes.c_uint64(seed or 0), ctypes.c_uint32(offset), R, V, kmax,
-                        ctypes.c_double(temperature), _p(tokens), _p(lp), _p(nz), _p(num), DTYPE_CODE[logits.dtype])
+    rc = lib.emu_sample_topk(_p(logits), _p(k), _p(gumbel), ctypes.c_uint64(seed or 0), ctypes.c_uint32(offset), R, V,
+                             kmax, ctypes.c_double(temperature), _p(tokens), _p(lp), _p(nz), _p(num),
+                             DTYPE_CODE[logits.dtype], block_tokens)
+    assert rc == 0
     return tokens, lp, nz, num
 
 
@@ -174,32 +177,55 @@ def test_verify_greedy_longest_matching_path(lib, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("V,kmax,threads", [(64, 1, 32), (1000, 8, 64), (1003, 30, 96),
-                                           pytest.param(2048, 64, 64, marks=pytest.mark.slow)])
-def test_sampling_kernel_matches_reference(lib, dtype, V, kmax, threads):
+@pytest.mark.parametrize("V,kmax,threads,block_tokens", [(64, 1, 32, 0), (1000, 8, 64, 128), (1003, 30, 96, 500),
+                                                        pytest.param(2048, 64, 64, 0, marks=pytest.mark.slow)])
+def test_sampling_kernel_matches_reference(lib, dtype, V, kmax, threads, block_tokens):
+    """Tokens and counts exactly, log-probabilities to rounding, and the noise of every chosen
+    token bit for bit (the contract's log32), over vocabulary blocks of 128 / 500 tokens (a
+    merge across blocks, a last block cut short, an odd V) and the launcher's own plan."""
     R = 5
     gen = torch.Generator().manual_seed(V * 64 + kmax)
     logits = (torch.randn(R, V, generator=gen, dtype=torch.float64) * 3).to(dtype)
     logits[1, 5:] = float("-inf")  # support 5
+    logits[2, ::3] = float("-inf")  # a quad with some tokens out of the support
     k = torch.randint(1, kmax + 1, (R,), generator=gen).to(torch.int32)
     k[0] = kmax
     for temp in (1.0, 0.6):
         gum = noise.gumbel_noise(11, 2, R, V)
         for kw in ({"gumbel": gum}, {"seed": 11, "offset": 2}):
             wt, wl, wn = sref.sample_topk(logits, k, kmax, temp, **kw)
-            gt, gl, gz, gn = emu_sample(lib, logits, k, kmax, temp, threads=threads, **kw)
+            gt, gl, gz, gn = emu_sample(lib, logits, k, kmax, temp, threads=threads, block_tokens=block_tokens, **kw)
             assert torch.equal(gn, wn) and torch.equal(gt, wt), f"{kw.keys()}\n{gt}\n{wt}"
             torch.testing.assert_close(gl.float(), wl, atol=2e-6, rtol=2e-6)
             ok = gt >= 0
-            # the noise of each chosen token: exact when explicit; in-kernel Philox Gumbel to rounding
-            # (its logs are rounded from double, torch's float logs may differ in the last bit)
-            tol = 0 if "gumbel" in kw else 1e-6
-            torch.testing.assert_close(gz[ok], gum.gather(1, gt.clamp(min=0))[ok], atol=tol, rtol=tol)
+            assert torch.equal(gz[ok], gum.gather(1, gt.clamp(min=0))[ok])  # the same noise bits
     if dtype in (torch.float32, torch.float64):  # temperature 0: the k largest logits (ties unlikely)
         wt, wl, wn = sref.sample_topk(logits, k, kmax, 0.0)
-        gt, gl, _, gn = emu_sample(lib, logits, k, kmax, 0.0, threads=threads)
+        gt, gl, _, gn = emu_sample(lib, logits, k, kmax, 0.0, threads=threads, block_tokens=block_tokens)
         assert torch.equal(gn, wn) and torch.equal(gt, wt)
         torch.testing.assert_close(gl.float(), wl, atol=2e-6, rtol=2e-6)
+
+
+def test_sampling_noise_is_the_contract_bit_for_bit(lib):
+    """The in-kernel GUMBEL stream equals noise.gumbel_noise bit for bit on every token: with
+    k = V every token is chosen and its noise reported (all four Philox lanes, log32)."""
+    R, V = 3, 61
+    logits = torch.zeros(R, V)
+    k = torch.full((R,), V, dtype=torch.int32)
+    _, _, gz, _ = emu_sample(lib, logits, k, V, 1.0, seed=2**40 + 5, offset=9, threads=32, block_tokens=16)
+    tok, _, _, _ = emu_sample(lib, logits, k, V, 1.0, seed=2**40 + 5, offset=9, threads=32, block_tokens=16)
+    want = noise.gumbel_noise(2**40 + 5, 9, R, V)
+    assert torch.equal(gz, want.gather(1, tok)), (gz - want.gather(1, tok)).abs().max()
+
+
+def test_sample_plan_spreads_rows_over_the_device(lib):
+    """sample_plan: about four 256-thread blocks per SM over all rows, whole 1024-token sweeps
+    per block, blocks x block_tokens covering V."""
+    for R, V, sms, want_blocks in [(64, 32000, 132, 8), (1, 32000, 132, 32), (64, 128256, 132, 9), (300, 50, 132, 1)]:
+        blocks, per = ctypes.c_int(), ctypes.c_int()
+        lib.emu_sample_plan(R, V, sms, ctypes.byref(blocks), ctypes.byref(per))
+        assert blocks.value == want_blocks and per.value % 1024 == 0 and blocks.value * per.value >= V
+        assert (blocks.value - 1) * per.value < V
 
 
 def kv_align(*tensors):
@@ -355,7 +381,7 @@ def test_beam_step_composition_matches_reference(lib, N, W, V, dtype):
     gum = noise.gumbel_noise(5, 1, B * N, V)
     for kw in ({"gumbel": gum}, {"seed": 5, "offset": 1}):
         tok, lq, gz, _ = emu_sample(lib, logits.reshape(B * N, V), torch.full((B * N,), kk, dtype=torch.int32), kk,
-                                    0.8, threads=32, **kw)
+                                    0.8, threads=32, block_tokens=64, **kw)
         got = merge_beam_candidates(tok.view(B, N, kk), lq.view(B, N, kk), gz.view(B, N, kk), phi, G, W)
         ref_kw = {"gumbel": gum.view(B, N, V)} if "gumbel" in kw else kw
         want = sref.beam_step(logits, phi, G, W, 0.8, **ref_kw)

@@ -110,3 +110,33 @@ def test_resource_table_lists_every_kernel():
     names = {r["kernel"] for r in rows}
     assert any("tree_attention_mma_kernel" in n for n in names) and any("combine" in n for n in names)
     assert all(r["registers"] > 0 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def sampling():
+    return sass_info.sass(sass_info.compile_cubin("sampling.cu", 90).cubin)
+
+
+def _float_instances(code, part):
+    """The fp16/bf16/fp32 instances of a kernel template (fp64 logits compute in fp64 by design)."""
+    found = {n: ins for n, ins in _kernels(code, part).items() if "Idd" not in n}
+    assert found
+    return found
+
+
+@pytest.mark.parametrize("kernel", ["sample_partial_kernel", "sample_merge_kernel"])
+def test_sampling_has_no_fp64(sampling, kernel):
+    """Noise (log32), softmax statistics and the merge run in fp32: no fp64 instruction at all."""
+    for name, ins in _float_instances(sampling, kernel).items():
+        assert sass_info.fp64_instructions(ins) == [], (name, sass_info.fp64_instructions(ins)[:5])
+
+
+def test_fp64_detector_flags_double_logs(tmp_path):
+    """Negative control: the old noise (logs through double) is caught."""
+    src = tmp_path / "old.cu"
+    src.write_text("__global__ void g(float* x) { x[threadIdx.x] = -(float)log(-(double)logf(x[threadIdx.x])); }\n")
+    cubin = tmp_path / "old.cubin"
+    subprocess.run([sass_info.find_tool("nvcc"), "-O3", "-arch=sm_90", "-cubin", "-o", str(cubin), str(src)],
+                   check=True, capture_output=True)
+    (ins,) = sass_info.sass(cubin).values()
+    assert sass_info.fp64_instructions(ins)

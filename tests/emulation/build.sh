@@ -16,5 +16,5 @@ for f in verify sampling tree_attention; do
   grep -q "emu::launch" "$out/$f.cc" || { echo "build.sh: no launch rewritten in $f.cu" >&2; exit 1; }
 done
 cp "$here/harness.cc" "$out/harness.cc"
-${CXX:-g++} -std=c++20 -O2 -fPIC -shared -pthread -Wno-attributes -include "$here/host_shim.h" \
+${CXX:-g++} -std=c++20 -O2 -ffp-contract=off -fPIC -shared -pthread -Wno-attributes -include "$here/host_shim.h" \
   -I"$csrc" -I"$cuda_inc" "$out/verify.cc" "$out/sampling.cc" "$out/tree_attention.cc" "$out/harness.cc" -o "$out/libemu.so"

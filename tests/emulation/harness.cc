@@ -1,5 +1,7 @@
 // C entry points over the emulated kernels (see host_shim.h), called through ctypes by
 // tests/test_cuda_emulated.py. Pointers are CPU tensors' data.
+#include <vector>
+
 #include "rsd_kernels.h"
 
 // The launchers end with cudaGetLastError(); no CUDA runtime is linked here.
@@ -43,9 +45,10 @@ int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens
   return 0;
 }
 
+// block_tokens: the vocabulary split (0: sample_plan for a 4-SM device); the workspaces live here.
 int emu_sample_topk(const void* logits, const int32_t* k, const float* gumbel, uint64_t seed, uint32_t offset, int R,
                     int V, int kmax, double temperature, int64_t* tokens, void* logprobs, float* noise, int32_t* num,
-                    int dtype) {
+                    int dtype, int block_tokens) {
   rsd::SampleArgs a{};
   a.logits = logits;
   a.k = k;
@@ -60,7 +63,24 @@ int emu_sample_topk(const void* logits, const int32_t* k, const float* gumbel, u
   a.logprobs = logprobs;
   a.noise = noise;
   a.num = num;
-  rsd::launch_sample_topk(a, static_cast<rsd::DType>(dtype), nullptr);
+  const rsd::SamplePlan plan = block_tokens > 0 ? rsd::SamplePlan{(V + block_tokens - 1) / block_tokens, block_tokens}
+                                                : rsd::sample_plan(R, V, 4);
+  a.blocks = plan.blocks;
+  a.block_tokens = plan.block_tokens;
+  const size_t csize = dtype == 3 ? sizeof(double) : sizeof(float), slots = static_cast<size_t>(R) * plan.blocks;
+  std::vector<unsigned char> stats(slots * 2 * csize), score(slots * kmax * csize);
+  std::vector<int32_t> support(slots), token(slots * kmax);
+  a.part_stats = stats.data();
+  a.part_support = support.data();
+  a.part_score = score.data();
+  a.part_token = token.data();
+  return rsd::launch_sample_topk(a, static_cast<rsd::DType>(dtype), nullptr) == cudaSuccess ? 0 : 1;
+}
+
+int emu_sample_plan(int R, int V, int num_sms, int* blocks, int* block_tokens) {
+  const rsd::SamplePlan p = rsd::sample_plan(R, V, num_sms);
+  *blocks = p.blocks;
+  *block_tokens = p.block_tokens;
   return 0;
 }
 

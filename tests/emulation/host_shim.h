@@ -188,6 +188,21 @@ inline T __shfl_sync(unsigned, T v, int src) {
   return emu_shuffle(v, [src](unsigned) { return static_cast<unsigned>(src); });
 }
 
+// The exact-rounding intrinsics philox.cuh's log32 is written with (build.sh compiles with
+// -ffp-contract=off, so no other product is fused either).
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline int __float_as_int(float x) {
+  int r;
+  std::memcpy(&r, &x, 4);
+  return r;
+}
+inline float __int_as_float(int x) {
+  float r;
+  std::memcpy(&r, &x, 4);
+  return r;
+}
+
 inline uint32_t __umulhi(uint32_t a, uint32_t b) { return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32); }
 
 inline float emu_to_float(float x) { return x; }
