@@ -59,6 +59,7 @@ uint64_t checked_seed(const std::optional<int64_t>& seed, bool needed) {
 }
 
 int multiprocessor_count(const at::Device& dev);
+int device_attribute(const at::Device& dev, cudaDeviceAttr attr);
 
 // verify_tree: returns (path [B, max_depth+1] int64, num_accepted [B] int64, next_token [B] int64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
@@ -109,9 +110,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   at::Tensor path = at::empty({B, max_depth + 1}, long_opts);
   at::Tensor num_accepted = at::empty({B}, long_opts);
   at::Tensor next_token = at::empty({B}, long_opts);
-  const bool needs_work = !greedy;
-  at::Tensor p_work = at::empty({needs_work ? B : 0, V}, target_logits.options().dtype(compute_dtype(target_logits)));
-  at::Tensor q_work = at::empty_like(p_work);
+  const rsd::VerifyPlan plan = rsd::verify_plan(static_cast<int>(B), static_cast<int>(V), static_cast<int>(T),
+                                                static_cast<rsd::VerifyMode>(mode), dtype, multiprocessor_count(dev));
+  const size_t smem = rsd::verify_smem_bytes(static_cast<int>(T), dtype);
+  TORCH_CHECK_VALUE(smem <= static_cast<size_t>(device_attribute(dev, cudaDevAttrMaxSharedMemoryPerBlockOptin)),
+                    "the CUDA verify_tree keeps per-node arrays in shared memory: T=", T, " nodes need ", smem,
+                    " bytes, more than this GPU has per block");
+  at::Tensor xchg_v = at::empty({B, 2, plan.blocks, rsd::kVerifySlots},
+                                target_logits.options().dtype(compute_dtype(target_logits)));
+  at::Tensor xchg_i = at::empty({B, 2, plan.blocks, 2}, long_opts.dtype(at::kInt));
+  at::Tensor counters = at::empty({B}, long_opts.dtype(at::kInt));
 
   rsd::VerifyArgs a{};
   a.target_logits = target_logits.data_ptr();
@@ -129,8 +137,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   a.max_depth = static_cast<int>(max_depth);
   a.mode = static_cast<rsd::VerifyMode>(mode);
   a.temperature = temperature;
-  a.p_work = p_work.data_ptr();
-  a.q_work = q_work.data_ptr();
+  a.blocks = plan.blocks;
+  a.slice = plan.slice;
+  a.xchg_v = xchg_v.data_ptr();
+  a.xchg_i = xchg_i.data_ptr<int32_t>();
+  a.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int32_t>());
   a.path = path.data_ptr<int64_t>();
   a.num_accepted = num_accepted.data_ptr<int64_t>();
   a.next_token = next_token.data_ptr<int64_t>();
@@ -315,7 +326,8 @@ int64_t attention_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rsd_kernels CUDA kernels: verify_tree, sample_topk (Gumbel-top-k), tree_attention";
-  m.def("verify_tree", &verify_tree, "Verify draft trees (one block per row); mode 0 rrs, 1 kseq, 2 greedy",
+  m.def("verify_tree", &verify_tree,
+        "Verify draft trees (each row's vocabulary split over blocks); mode 0 rrs, 1 kseq, 2 greedy",
         py::arg("target_logits"), py::arg("draft_logits"), py::arg("tokens"), py::arg("parents"), py::arg("num_nodes"),
         py::arg("mode"), py::arg("temperature"), py::arg("max_depth"), py::arg("uniform"), py::arg("gumbel"),
         py::arg("seed"), py::arg("offset"));

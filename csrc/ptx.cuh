@@ -7,7 +7,9 @@
 //       into the mma.sync fragment layout (LDSM);
 //   mma_16816<T>                                      D += A B, m16n8k16, fp16/bf16 in, fp32
 //       accumulate (HMMA), fragment layouts as in the PTX ISA ("Matrix Fragments for
-//       mma.m16n8k16 with floating point type").
+//       mma.m16n8k16 with floating point type");
+//   blocks_barrier / launch_cooperative                blocks of a grid that wait for each other
+//       (an atomic counter), in a launch that keeps them all resident.
 //
 // Below sm_80 (a JIT build for an older GPU) cp.async degrades to a synchronous copy and the
 // launchers never pick the mma kernels (tree_attention_uses_tensor_cores). Under the CPU
@@ -15,6 +17,7 @@
 // functions, with the same per-lane fragment layouts, so that the same kernel source runs.
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_runtime.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -133,6 +136,36 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void*)
 template <typename T>
 __device__ __forceinline__ void mma_16816(float (&)[4], const uint32_t (&)[4], uint32_t, uint32_t) { __trap(); }
 #endif
+
+// ---- blocks of one row that cooperate (verify.cu) ----
+
+// Barrier over the blocks that share `counter` (zeroed before the launch): every block calls it
+// the same number of times; the n-th call returns once all `blocks` blocks have made their n-th
+// call, with their global writes before the call visible. Call from all threads of the block.
+__device__ __forceinline__ void blocks_barrier(unsigned* counter, unsigned blocks, unsigned n) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    const unsigned target = n * blocks;
+    while (*static_cast<volatile unsigned*>(counter) < target) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+      __nanosleep(32);
+#endif
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// A launch whose blocks are all resident at once (blocks_barrier needs that): the CUDA runtime
+// refuses it (cudaErrorCooperativeLaunchTooLarge) rather than start a grid that could deadlock.
+template <typename Args>
+inline cudaError_t launch_cooperative(void (*kernel)(Args), dim3 grid, unsigned threads, size_t smem, Args args,
+                                      cudaStream_t stream) {
+  void* params[] = {&args};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, dim3(threads), params, smem, stream);
+}
 
 #endif  // RSD_EMULATION
 

@@ -13,6 +13,8 @@ enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3
 // ---- verify_tree (verify.cu) ------------------------------------------------------------
 enum class VerifyMode : int { kRRS = 0, kKSeq = 1, kGreedy = 2 };
 
+constexpr int kVerifySlots = 32;  // values a block exchanges with its row per step
+
 struct VerifyArgs {
   const void* target_logits;  // [B, T, V] of `dtype`
   const void* draft_logits;   // [B, T, V] of `dtype`; may be null for greedy
@@ -26,12 +28,25 @@ struct VerifyArgs {
   int B, T, V, max_depth;
   VerifyMode mode;
   double temperature;
-  void* p_work;  // [B, V] workspace of the compute type (double for fp64 logits, else float)
-  void* q_work;  // [B, V] workspace of the compute type
+  // the vocabulary split (verify_plan) and the exchange between a row's blocks:
+  int blocks;             // blocks per row (a cooperative launch when > 1)
+  int slice;              // tokens per block, a multiple of 4; (blocks - 1) * slice < V <= blocks * slice
+  void* xchg_v;           // [B, 2, blocks, kVerifySlots] of the compute type (double for fp64 logits, else float)
+  int32_t* xchg_i;        // [B, 2, blocks, 2]
+  uint32_t* counters;     // [B] the rows' barrier counters (the launcher zeroes them)
   int64_t* path;          // [B, max_depth + 1] out, -1 padded
   int64_t* num_accepted;  // [B] out
   int64_t* next_token;    // [B] out
+  float temperature_f;    // set by the launcher
 };
+struct VerifyPlan {
+  int blocks, slice;
+};
+// Blocks per row and tokens per block for B rows of V tokens (T nodes) on num_sms SMs: as many
+// blocks per row as can all be resident at once, at least 1024 tokens each.
+VerifyPlan verify_plan(int B, int V, int T, VerifyMode mode, DType dtype, int num_sms);
+// Dynamic shared memory of a verify block (the node arrays grow with T).
+size_t verify_smem_bytes(int T, DType dtype);
 cudaError_t launch_verify_tree(const VerifyArgs& args, DType dtype, cudaStream_t stream);
 
 // ---- Gumbel-top-k without replacement (sampling.cu) --------------------------------------

@@ -361,30 +361,6 @@ __device__ __forceinline__ void load_core_tile(const CoreParams& p, T* dst, cons
   }
 }
 
-// One butterfly step: lanes with bit W set keep v[W..2W), the others v[0..W); each adds the
-// partner's copy of the half it keeps (into v[0..W)).
-template <int W, typename Acc>
-__device__ __forceinline__ void transpose_sum_step(Acc (&v)[32], int lane) {
-  const bool upper = lane & W;
-#pragma unroll
-  for (int i = 0; i < W; ++i) {
-    const Acc lo = v[i], hi = v[i + W];  // values first: a select of addresses would put v in local memory
-    v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, W);
-  }
-}
-
-// The full sum over the warp of v[j] (j < 32), returned on lane j: a butterfly that halves the
-// live values at every step (31 shuffles for 32 dot products instead of 32 x 5).
-template <typename Acc>
-__device__ __forceinline__ Acc warp_transpose_sum(Acc (&v)[32], int lane) {
-  transpose_sum_step<16>(v, lane);
-  transpose_sum_step<8>(v, lane);
-  transpose_sum_step<4>(v, lane);
-  transpose_sum_step<2>(v, lane);
-  transpose_sum_step<1>(v, lane);
-  return v[0];
-}
-
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kAttnThreads) tree_attention_core_kernel(CoreParams p) {
   constexpr int R = CoreRows<Acc>::value;

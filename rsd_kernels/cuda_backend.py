@@ -15,8 +15,11 @@ import raises ``ImportError`` with the reason, which :mod:`rsd_kernels.backends`
 when ``backend="cuda"`` is asked for. Then the four ops are registered with exactly the
 signatures of the PyTorch reference launchers (``rsd_kernels/*/reference.py``).
 
-Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` runs one thread block per
-batch row; ``sample_without_replacement`` splits the vocabulary across blocks (a (vocabulary
+Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` splits each row's vocabulary over
+blocks that stay resident together (a cooperative launch) and exchange their partial sums, maxima
+and argmaxes through a small workspace: every vocabulary-wide pass (node statistics, residual
+masses, SpecTr's rho* with 31 bisection midpoints per pass, the final Gumbel argmax) is spread over
+the row's blocks, while each block repeats the scalar walk; ``sample_without_replacement`` splits the vocabulary across blocks (a (vocabulary
 block, row) kernel with all four Philox lanes per call and float32 noise, then a per-row merge)
 and supports ``k <= 64`` (register top-k);
 ``stochastic_beam_step`` is the per-beam Gumbel-top-``min(width, V)`` kernel followed by a

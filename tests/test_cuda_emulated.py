@@ -60,17 +60,18 @@ def _p(t):
 
 
 def emu_verify(lib, tl, dl, tokens, parents, num_nodes, mode, temperature, max_depth, uniform=None, gumbel=None,
-               seed=None, offset=0, threads=64):
+               seed=None, offset=0, threads=64, blocks=0):
+    """blocks: blocks per row splitting the vocabulary (0: the launcher's plan for a 2-SM device);
+    more than one runs the row's blocks concurrently, as the cooperative launch does."""
     B, T, V = tl.shape
-    cdt = torch.float64 if tl.dtype == torch.float64 else torch.float32
-    work_p, work_q = torch.empty(B, V, dtype=cdt), torch.empty(B, V, dtype=cdt)
     path = torch.empty(B, max_depth + 1, dtype=torch.int64)
     nacc, nxt = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
     lib.emu_set_block_threads(ctypes.c_uint(threads))
-    lib.emu_verify_tree(_p(tl), _p(dl if mode != "greedy" else None), _p(tokens), _p(parents), _p(num_nodes),
-                        _p(uniform), _p(gumbel), ctypes.c_uint64(seed or 0), ctypes.c_uint32(offset), B, T, V, max_depth,
-                        MODE_CODE[mode], ctypes.c_double(temperature), _p(work_p), _p(work_q), _p(path), _p(nacc),
-                        _p(nxt), DTYPE_CODE[tl.dtype])
+    rc = lib.emu_verify_tree(_p(tl), _p(dl if mode != "greedy" else None), _p(tokens), _p(parents), _p(num_nodes),
+                             _p(uniform), _p(gumbel), ctypes.c_uint64(seed or 0), ctypes.c_uint32(offset), B, T, V,
+                             max_depth, MODE_CODE[mode], ctypes.c_double(temperature), _p(path), _p(nacc), _p(nxt),
+                             DTYPE_CODE[tl.dtype], blocks)
+    assert rc == 0
     return path, nacc, nxt
 
 
@@ -102,14 +103,15 @@ def _tree(B, T, V, gen, width, pool):
     return tokens, parents, num_nodes, int((depth * valid).max())
 
 
-VERIFY_CASES = [(1, 1, 37, 32), (3, 7, 61, 64), (2, 33, 129, 96),
-                pytest.param((4, 16, 300, 64), marks=pytest.mark.slow), pytest.param((2, 12, 1000, 128), marks=pytest.mark.slow)]
+VERIFY_CASES = [  # B, T, V, threads per block, blocks per row (the vocabulary split; > 1: blocks run concurrently)
+    (1, 1, 37, 32, 1), (3, 7, 61, 64, 3), (2, 33, 129, 96, 2),
+    pytest.param((4, 16, 300, 64, 4), marks=pytest.mark.slow), pytest.param((2, 12, 1000, 128, 3), marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])
 @pytest.mark.parametrize("case", VERIFY_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else None)
 def test_verify_kernel_matches_reference(lib, mode, case):
-    B, T, V, threads = case
+    B, T, V, threads, blocks = case
     gen = torch.Generator().manual_seed(T * 7919 + V + MODE_CODE[mode])
     for trial, dtype in enumerate((torch.float32, torch.float16, torch.bfloat16, torch.float64)):
         tokens, parents, nn, max_depth = _tree(B, T, V, gen, 2 + trial % 3, 3 if mode == "kseq" else None)
@@ -119,13 +121,14 @@ def test_verify_kernel_matches_reference(lib, mode, case):
         temp = [1.0, 0.7, 1.3, 0.9][trial]
         u, g = noise.verify_noise(100 + trial, trial, B, T, V)
         want = vref.verify(tl, dl, tokens, parents, nn, mode, temp, max_depth, uniform=u, gumbel=g)
-        got = emu_verify(lib, tl, dl, tokens, parents, nn, mode, temp, max_depth, uniform=u, gumbel=g, threads=threads)
+        got = emu_verify(lib, tl, dl, tokens, parents, nn, mode, temp, max_depth, uniform=u, gumbel=g, threads=threads,
+                         blocks=blocks)
         for a, b, name in zip(got, want, ("path", "num_accepted", "next_token")):
             assert torch.equal(a, b), f"{dtype} explicit noise: {name}\n{a}\n{b}"
         # in-kernel Philox streams against the reference's seed path
         want = vref.verify(tl, dl, tokens, parents, nn, mode, temp, max_depth, seed=7 + trial, offset=3)
         got = emu_verify(lib, tl, dl, tokens, parents, nn, mode, temp, max_depth, seed=7 + trial, offset=3,
-                         threads=threads)
+                         threads=threads, blocks=blocks)
         for a, b, name in zip(got, want, ("path", "num_accepted", "next_token")):
             assert torch.equal(a, b), f"{dtype} seed: {name}\n{a}\n{b}"
 

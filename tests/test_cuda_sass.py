@@ -140,3 +140,17 @@ def test_fp64_detector_flags_double_logs(tmp_path):
                    check=True, capture_output=True)
     (ins,) = sass_info.sass(cubin).values()
     assert sass_info.fp64_instructions(ins)
+
+
+@pytest.fixture(scope="module")
+def verify():
+    return sass_info.sass(sass_info.compile_cubin("verify.cu", 90).cubin)
+
+
+def test_verify_has_no_fp64(verify):
+    """Greedy compares in fp32, and rrs/kseq (statistics, residuals, rho*, the Gumbel argmax) run in
+    fp32 too: no fp64 instruction in any fp16/bf16/fp32 instance (one kernel per mode)."""
+    instances = _float_instances(verify, "verify_tree_kernel")
+    assert len(instances) == 9  # 3 dtypes x 3 modes
+    for name, ins in instances.items():
+        assert sass_info.fp64_instructions(ins) == [], (name, sass_info.fp64_instructions(ins)[:5])

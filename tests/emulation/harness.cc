@@ -1,11 +1,16 @@
 // C entry points over the emulated kernels (see host_shim.h), called through ctypes by
 // tests/test_cuda_emulated.py. Pointers are CPU tensors' data.
+#include <cstring>
 #include <vector>
 
 #include "rsd_kernels.h"
 
 // The launchers end with cudaGetLastError(); no CUDA runtime is linked here.
 extern "C" cudaError_t CUDARTAPI cudaGetLastError(void) { return cudaSuccess; }
+extern "C" cudaError_t CUDARTAPI cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
 extern "C" cudaError_t CUDARTAPI cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int, size_t) {
   *n = 2;
   return cudaSuccess;
@@ -16,10 +21,11 @@ extern "C" {
 void emu_set_block_threads(unsigned threads) { emu::block_threads_override = threads; }
 void emu_set_async_copy_eager(int eager) { emu::async_copy_eager = eager != 0; }
 
+// blocks: blocks per row (0: verify_plan for a 2-SM device); the exchange workspace lives here.
 int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens, const int32_t* parents,
                     const int32_t* num_nodes, const float* uniform, const float* gumbel, uint64_t seed, uint32_t offset,
-                    int B, int T, int V, int max_depth, int mode, double temperature, void* p_work, void* q_work,
-                    int64_t* path, int64_t* num_accepted, int64_t* next_token, int dtype) {
+                    int B, int T, int V, int max_depth, int mode, double temperature, int64_t* path,
+                    int64_t* num_accepted, int64_t* next_token, int dtype, int blocks) {
   rsd::VerifyArgs a{};
   a.target_logits = target;
   a.draft_logits = draft;
@@ -36,12 +42,31 @@ int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens
   a.max_depth = max_depth;
   a.mode = static_cast<rsd::VerifyMode>(mode);
   a.temperature = temperature;
-  a.p_work = p_work;
-  a.q_work = q_work;
   a.path = path;
   a.num_accepted = num_accepted;
   a.next_token = next_token;
-  rsd::launch_verify_tree(a, static_cast<rsd::DType>(dtype), nullptr);
+  rsd::VerifyPlan plan = rsd::verify_plan(B, V, T, a.mode, static_cast<rsd::DType>(dtype), 2);
+  if (blocks > 0) {
+    const int slice = ((V + blocks - 1) / blocks + 3) / 4 * 4;
+    plan = rsd::VerifyPlan{(V + slice - 1) / slice, slice};
+  }
+  a.blocks = plan.blocks;
+  a.slice = plan.slice;
+  const size_t csize = dtype == 3 ? sizeof(double) : sizeof(float);
+  std::vector<unsigned char> xv(static_cast<size_t>(B) * 2 * plan.blocks * rsd::kVerifySlots * csize);
+  std::vector<int32_t> xi(static_cast<size_t>(B) * 2 * plan.blocks * 2);
+  std::vector<uint32_t> counters(B, 12345u);  // the launcher must zero them
+  a.xchg_v = xv.data();
+  a.xchg_i = xi.data();
+  a.counters = counters.data();
+  return rsd::launch_verify_tree(a, static_cast<rsd::DType>(dtype), nullptr) == cudaSuccess ? 0 : 1;
+}
+
+int emu_verify_plan(int B, int V, int T, int mode, int dtype, int num_sms, int* blocks, int* slice) {
+  const rsd::VerifyPlan p =
+      rsd::verify_plan(B, V, T, static_cast<rsd::VerifyMode>(mode), static_cast<rsd::DType>(dtype), num_sms);
+  *blocks = p.blocks;
+  *slice = p.slice;
   return 0;
 }
 

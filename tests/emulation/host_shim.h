@@ -114,11 +114,38 @@ inline void watch(const std::atomic<unsigned>& finished, unsigned threads, unsig
   while (finished.load() < threads) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     if (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > limit) {
-      std::fprintf(stderr, "emulation: block (%u, %u, %u) hung: %u of %u threads finished (divergent barrier or shuffle?)\n",
+      std::fprintf(stderr, "emulation: blocks from (%u, %u, %u) hung: %u of %u threads finished (divergent barrier or shuffle?)\n",
                    bx, by, bz, finished.load(), threads);
       std::abort();
     }
   }
+}
+
+// Runs blocks [first, last) of the grid (in x, y, z order) at the same time, each block with its
+// own barriers and dynamic shared memory.
+template <typename Args>
+void run_blocks(void (*kernel)(Args), dim3 grid, unsigned threads, size_t smem, const Args& args, unsigned first,
+                unsigned last) {
+  std::vector<std::unique_ptr<Block>> blocks;
+  std::vector<std::thread> pool;
+  std::atomic<unsigned> finished{0};
+  for (unsigned id = first; id < last; ++id) {
+    blocks.emplace_back(std::make_unique<Block>(threads));
+    Block* blk = blocks.back().get();
+    blk->dyn_smem.assign(smem + 1, 0);
+    const Dim3 bi{id % grid.x, (id / grid.x) % grid.y, id / (grid.x * grid.y)};
+    for (unsigned t = 0; t < threads; ++t) {
+      pool.emplace_back([&, blk, bi, t] {
+        thread_idx = Dim3{t, 0, 0};
+        block_idx = bi;
+        block = blk;
+        kernel(args);
+        finished.fetch_add(1);
+      });
+    }
+  }
+  watch(finished, threads * (last - first), first % grid.x, (first / grid.x) % grid.y, first / (grid.x * grid.y));
+  for (auto& th : pool) th.join();
 }
 
 template <typename Args>
@@ -127,26 +154,22 @@ void launch(void (*kernel)(Args), dim3 grid, unsigned threads, size_t smem, cons
   if (threads % 32) std::abort();
   block_dim = Dim3{threads, 1, 1};
   grid_dim = Dim3{grid.x, grid.y, grid.z};
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block blk(threads);
-        blk.dyn_smem.assign(smem + 1, 0);
-        std::vector<std::thread> pool;
-        std::atomic<unsigned> finished{0};
-        for (unsigned t = 0; t < threads; ++t) {
-          pool.emplace_back([&, t] {
-            thread_idx = Dim3{t, 0, 0};
-            block_idx = Dim3{bx, by, bz};
-            block = &blk;
-            kernel(args);
-            finished.fetch_add(1);
-          });
-        }
-        watch(finished, threads, bx, by, bz);
-        for (auto& th : pool) th.join();
-      }
+  const unsigned n = grid.x * grid.y * grid.z;
+  for (unsigned id = 0; id < n; ++id) run_blocks(kernel, grid, threads, smem, args, id, id + 1);  // one after another
 }
+
+// A cooperative launch: every block of the grid runs at once (they may wait for each other).
+// Their static __shared__ variables would be shared across blocks here, so such kernels keep
+// all shared memory dynamic (verify.cu does).
+template <typename Args>
+void launch_all(void (*kernel)(Args), dim3 grid, unsigned threads, size_t smem, const Args& args) {
+  if (block_threads_override) threads = block_threads_override;
+  if (threads % 32) std::abort();
+  block_dim = Dim3{threads, 1, 1};
+  grid_dim = Dim3{grid.x, grid.y, grid.z};
+  run_blocks(kernel, grid, threads, smem, args, 0, grid.x * grid.y * grid.z);
+}
+
 template <typename Args>
 void launch(void (*kernel)(Args), unsigned grid, unsigned threads, size_t smem, const Args& args) {
   launch(kernel, dim3(grid, 1, 1), threads, smem, args);
@@ -209,7 +232,31 @@ inline float emu_to_float(float x) { return x; }
 inline float emu_to_float(__half x) { return __half2float(x); }
 inline float emu_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
 namespace rsd {
+// blocks_barrier of ptx.cuh over concurrently running emulated blocks.
+inline void blocks_barrier(unsigned* counter, unsigned blocks, unsigned n) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    std::atomic_ref<unsigned> c(*counter);
+    c.fetch_add(1);
+    while (c.load() < n * blocks) std::this_thread::yield();
+  }
+  __syncthreads();
+}
+template <typename Args>
+inline cudaError_t launch_cooperative(void (*kernel)(Args), dim3 grid, unsigned threads, size_t smem, Args args,
+                                      cudaStream_t) {
+  emu::launch_all(kernel, grid, threads, smem, args);
+  return cudaSuccess;
+}
+
 inline void cp_async_issue(void* dst, const void* src, int bytes, bool valid) {
   const emu::AsyncCopy c{dst, src, bytes, valid};
   if (emu::async_copy_eager) {
