@@ -391,3 +391,18 @@ def test_beam_step_composition_matches_reference(lib, N, W, V, dtype):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (got, want)
         torch.testing.assert_close(got[2], want[2], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(got[3], want[3], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("B,V", [(1, 32000), (64, 128256), (3, 500), (300, 32000), (8, 128256)])
+def test_verify_plan_keeps_a_rows_blocks_resident(lib, B, V):
+    """verify_plan: blocks per row x rows <= resident blocks (the emulation reports 2 per SM), at
+    least 1024 tokens per block, slices of whole quads covering V exactly once."""
+    sms = 132
+    blocks, sl = ctypes.c_int(), ctypes.c_int()
+    lib.emu_verify_plan(B, V, 31, MODE_CODE["rrs"], DTYPE_CODE[torch.bfloat16], sms, ctypes.byref(blocks),
+                        ctypes.byref(sl))
+    blocks, sl = blocks.value, sl.value
+    assert blocks >= 1 and sl % 4 == 0 and (blocks - 1) * sl < V <= blocks * sl
+    assert blocks == 1 or (B * blocks <= 2 * sms and sl >= 1024)
+    if B * 2 <= 2 * sms and V >= 2 * 1024:
+        assert blocks > 1  # the vocabulary is split whenever there is room
