@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -57,6 +58,9 @@ uint64_t checked_seed(const std::optional<int64_t>& seed, bool needed) {
   return static_cast<uint64_t>(seed.value_or(0));
 }
 
+int multiprocessor_count(const at::Device& dev);
+int device_attribute(const at::Device& dev, cudaDeviceAttr attr);
+
 // verify_tree: returns (path [B, max_depth+1] int64, num_accepted [B] int64, next_token [B] int64).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     const at::Tensor& target_logits, const std::optional<at::Tensor>& draft_logits, const at::Tensor& tokens,
@@ -106,9 +110,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   at::Tensor path = at::empty({B, max_depth + 1}, long_opts);
   at::Tensor num_accepted = at::empty({B}, long_opts);
   at::Tensor next_token = at::empty({B}, long_opts);
-  const bool needs_work = !greedy;
-  at::Tensor p_work = at::empty({needs_work ? B : 0, V}, target_logits.options().dtype(compute_dtype(target_logits)));
-  at::Tensor q_work = at::empty_like(p_work);
+  const rsd::VerifyPlan plan = rsd::verify_plan(static_cast<int>(B), static_cast<int>(V), static_cast<int>(T),
+                                                static_cast<rsd::VerifyMode>(mode), dtype, multiprocessor_count(dev));
+  const size_t smem = rsd::verify_smem_bytes(static_cast<int>(T), dtype);
+  TORCH_CHECK_VALUE(smem <= static_cast<size_t>(device_attribute(dev, cudaDevAttrMaxSharedMemoryPerBlockOptin)),
+                    "the CUDA verify_tree keeps per-node arrays in shared memory: T=", T, " nodes need ", smem,
+                    " bytes, more than this GPU has per block");
+  at::Tensor xchg_v = at::empty({B, 2, plan.blocks, rsd::kVerifySlots},
+                                target_logits.options().dtype(compute_dtype(target_logits)));
+  at::Tensor xchg_i = at::empty({B, 2, plan.blocks, 2}, long_opts.dtype(at::kInt));
+  at::Tensor counters = at::empty({B}, long_opts.dtype(at::kInt));
 
   rsd::VerifyArgs a{};
   a.target_logits = target_logits.data_ptr();
@@ -126,8 +137,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   a.max_depth = static_cast<int>(max_depth);
   a.mode = static_cast<rsd::VerifyMode>(mode);
   a.temperature = temperature;
-  a.p_work = p_work.data_ptr();
-  a.q_work = q_work.data_ptr();
+  a.blocks = plan.blocks;
+  a.slice = plan.slice;
+  a.xchg_v = xchg_v.data_ptr();
+  a.xchg_i = xchg_i.data_ptr<int32_t>();
+  a.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int32_t>());
   a.path = path.data_ptr<int64_t>();
   a.num_accepted = num_accepted.data_ptr<int64_t>();
   a.next_token = next_token.data_ptr<int64_t>();
@@ -166,6 +180,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_topk(
   at::Tensor logprobs = at::empty({R, kmax}, logits.options().dtype(compute_dtype(logits)));
   at::Tensor noise = at::empty({R, kmax}, logits.options().dtype(at::kFloat));
   at::Tensor num = at::empty({R}, logits.options().dtype(at::kInt));
+  const rsd::SamplePlan plan = rsd::sample_plan(static_cast<int>(R), static_cast<int>(V), multiprocessor_count(dev));
+  at::Tensor part_stats = at::empty({R, plan.blocks, 2}, logits.options().dtype(compute_dtype(logits)));
+  at::Tensor part_support = at::empty({R, plan.blocks}, logits.options().dtype(at::kInt));
+  at::Tensor part_score = at::empty({R, plan.blocks, kmax}, logits.options().dtype(compute_dtype(logits)));
+  at::Tensor part_token = at::empty({R, plan.blocks, kmax}, logits.options().dtype(at::kInt));
 
   rsd::SampleArgs a{};
   a.logits = logits.data_ptr();
@@ -181,28 +200,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_topk(
   a.logprobs = logprobs.data_ptr();
   a.noise = noise.data_ptr<float>();
   a.num = num.data_ptr<int32_t>();
+  a.blocks = plan.blocks;
+  a.block_tokens = plan.block_tokens;
+  a.part_stats = part_stats.data_ptr();
+  a.part_support = part_support.data_ptr<int32_t>();
+  a.part_score = part_score.data_ptr();
+  a.part_token = part_token.data_ptr<int32_t>();
   check_launch(rsd::launch_sample_topk(a, dtype, c10::cuda::getCurrentCUDAStream().stream()), "sample_topk");
   return {tokens, logprobs, noise, num};
 }
 
-int multiprocessor_count(const at::Device& dev) {
-  int sms = 0;
-  check_launch(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev.index()), "cudaDeviceGetAttribute");
-  return sms;
+int device_attribute(const at::Device& dev, cudaDeviceAttr attr) {
+  int value = 0;
+  check_launch(cudaDeviceGetAttribute(&value, attr, dev.index()), "cudaDeviceGetAttribute");
+  return value;
 }
 
-// The 16-byte vector loads of the tensor-core path need 16-byte aligned rows: a misaligned
-// view (a storage offset not a multiple of 8 elements) is copied first.
-at::Tensor aligned(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0 ? t : t.clone();
+int multiprocessor_count(const at::Device& dev) { return device_attribute(dev, cudaDevAttrMultiProcessorCount); }
+
+int sm_arch(const at::Device& dev) {
+  return 10 * device_attribute(dev, cudaDevAttrComputeCapabilityMajor) +
+         device_attribute(dev, cudaDevAttrComputeCapabilityMinor);
+}
+
+// Largest power of two <= 16 dividing t's pointer and its byte strides over dims 0..2 (the
+// row starts the kernels copy from).
+int row_alignment(const at::Tensor& t) {
+  uint64_t bits = reinterpret_cast<uintptr_t>(t.data_ptr());
+  for (int64_t d = 0; d < 3; ++d)
+    if (t.size(d) > 1) bits |= static_cast<uint64_t>(t.stride(d) * t.element_size());
+  int align = 16;
+  while (align > 1 && bits % align) align /= 2;
+  return align;
+}
+
+// q, k and v are read where they lie (strided views of a KV cache, no copy); only a last
+// dimension that is not contiguous, or (tensor-core path) rows not 16-byte aligned, are copied.
+at::Tensor rows_readable(const at::Tensor& t, bool need_16_bytes) {
+  const at::Tensor r = t.size(3) == 1 || t.stride(3) == 1 ? t : t.contiguous();
+  return need_16_bytes && row_alignment(r) < 16 ? r.clone(at::MemoryFormat::Contiguous) : r;
+}
+
+void check_strided(const at::Tensor& t, const char* name, const at::Device& device) {
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK_VALUE(t.device() == device, name, " is on ", t.device(), " but the other inputs are on ", device);
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must have 4 dimensions, got ", t.sizes());
 }
 
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                           const at::Tensor& mask_bits, const at::Tensor& prefix_lens, double scale) {
   const at::Device dev = q_in.device();
-  check_tensor(q_in, "q", dev, 4);
-  check_tensor(k_in, "k", dev, 4);
-  check_tensor(v_in, "v", dev, 4);
+  check_strided(q_in, "q", dev);
+  check_strided(k_in, "k", dev);
+  check_strided(v_in, "v", dev);
   const rsd::DType dtype = float_dtype(q_in, "q");
   check_dtype(k_in, "k", q_in.scalar_type());
   check_dtype(v_in, "v", q_in.scalar_type());
@@ -213,7 +263,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   TORCH_CHECK_VALUE(Hkv >= 1 && Hq % Hkv == 0, "the number of query heads (", Hq, ") must be a multiple of the KV heads (",
                     Hkv, ")");
   TORCH_CHECK_VALUE(D >= 1 && D <= 256, "the CUDA tree attention supports head sizes up to 256, got D=", D);
-  TORCH_CHECK_VALUE(B * Hq * T < (int64_t(1) << 31) && S < (int64_t(1) << 31), "problem too large for 32-bit grid indexing");
+  TORCH_CHECK_VALUE(B * Hq * T < (int64_t(1) << 31) && S < (int64_t(1) << 31) && B * Hkv < 65536,
+                    "problem too large for the CUDA tree attention's grid (B*Hkv < 65536, B*Hq*T < 2**31)");
   check_tensor(mask_bits, "mask_bits", dev, 3);
   check_dtype(mask_bits, "mask_bits", at::kInt);
   check_shape(mask_bits, "mask_bits", {B, T, (T + 31) / 32});
@@ -222,20 +273,28 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   check_shape(prefix_lens, "prefix_lens", {B});
 
   const c10::cuda::CUDAGuard guard(dev);
-  const at::Tensor q = aligned(q_in), k = aligned(k_in), v = aligned(v_in);
-  at::Tensor out = at::empty_like(q);
-  const int sms = multiprocessor_count(dev);
+  const int arch = sm_arch(dev);
+  const bool tensor_cores = rsd::tree_attention_uses_tensor_cores(static_cast<int>(D), dtype, arch);
+  const at::Tensor q = rows_readable(q_in, tensor_cores), k = rows_readable(k_in, tensor_cores),
+                   v = rows_readable(v_in, tensor_cores);
+  at::Tensor out = at::empty({B, Hq, T, D}, q.options());
   const int splits = rsd::tree_attention_splits(static_cast<int>(B), static_cast<int>(Hq), static_cast<int>(Hkv),
-                                                static_cast<int>(T), static_cast<int>(S), static_cast<int>(D), dtype, sms);
-  const bool tensor_cores = rsd::tree_attention_uses_tensor_cores(static_cast<int>(D), dtype);
+                                                static_cast<int>(T), static_cast<int>(S), static_cast<int>(D), dtype,
+                                                multiprocessor_count(dev), arch);
+  const bool partials = tensor_cores && splits > 1;
   const auto f32 = q.options().dtype(at::kFloat);
-  at::Tensor partial_o = at::empty({tensor_cores ? splits : 0, B, Hq, T, D}, f32);
-  at::Tensor partial_ml = at::empty({tensor_cores ? splits : 0, B, Hq, T, 2}, f32);
+  at::Tensor partial_o = at::empty({partials ? splits : 0, B, Hq, T, D}, f32);
+  at::Tensor partial_ml = at::empty({partials ? splits : 0, B, Hq, T, 2}, f32);
 
   rsd::TreeAttentionArgs a{};
   a.q = q.data_ptr();
   a.k = k.data_ptr();
   a.v = v.data_ptr();
+  for (int64_t d = 0; d < 3; ++d) {
+    a.q_stride[d] = q.stride(d);
+    a.k_stride[d] = k.stride(d);
+    a.v_stride[d] = v.stride(d);
+  }
   a.mask_bits = mask_bits.data_ptr<int32_t>();
   a.prefix_lens = prefix_lens.data_ptr<int64_t>();
   a.out = out.data_ptr();
@@ -249,28 +308,33 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   a.D = static_cast<int>(D);
   a.splits = splits;
   a.scale = scale;
+  a.sm_arch = arch;
+  a.kv_align = std::min(row_alignment(k), row_alignment(v));
+  a.max_smem = device_attribute(dev, cudaDevAttrMaxSharedMemoryPerBlockOptin);
   check_launch(rsd::launch_tree_attention(a, dtype, c10::cuda::getCurrentCUDAStream().stream()), "tree_attention");
   return out;
 }
 
 int64_t attention_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t S, int64_t D, const at::Tensor& like) {
   TORCH_CHECK_VALUE(like.is_cuda(), "like must be a CUDA tensor, got device ", like.device());
-  const int sms = multiprocessor_count(like.device());
   return rsd::tree_attention_splits(static_cast<int>(B), static_cast<int>(Hq), static_cast<int>(Hkv), static_cast<int>(T),
-                                    static_cast<int>(S), static_cast<int>(D), float_dtype(like, "like"), sms);
+                                    static_cast<int>(S), static_cast<int>(D), float_dtype(like, "like"),
+                                    multiprocessor_count(like.device()), sm_arch(like.device()));
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rsd_kernels CUDA kernels: verify_tree, sample_topk (Gumbel-top-k), tree_attention";
-  m.def("verify_tree", &verify_tree, "Verify draft trees (one block per row); mode 0 rrs, 1 kseq, 2 greedy",
+  m.def("verify_tree", &verify_tree,
+        "Verify draft trees (each row's vocabulary split over blocks); mode 0 rrs, 1 kseq, 2 greedy",
         py::arg("target_logits"), py::arg("draft_logits"), py::arg("tokens"), py::arg("parents"), py::arg("num_nodes"),
         py::arg("mode"), py::arg("temperature"), py::arg("max_depth"), py::arg("uniform"), py::arg("gumbel"),
         py::arg("seed"), py::arg("offset"));
   m.def("sample_topk", &sample_topk, "Gumbel-top-k sampling without replacement over [R, V]", py::arg("logits"),
         py::arg("k"), py::arg("kmax"), py::arg("temperature"), py::arg("gumbel"), py::arg("seed"), py::arg("offset"));
-  m.def("tree_attention", &tree_attention, "Tree attention over a KV cache with a packed ancestor bitmask",
+  m.def("tree_attention", &tree_attention,
+        "Tree attention over a KV cache (strided [B, Hkv, S, D] views, read in place) with a packed ancestor bitmask",
         py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask_bits"), py::arg("prefix_lens"), py::arg("scale"));
   m.def("attention_splits", &attention_splits, "KV splits the tree attention launcher uses for a shape",
         py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("T"), py::arg("S"), py::arg("D"), py::arg("like"));

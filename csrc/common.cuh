@@ -35,15 +35,13 @@ __device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162floa
 __device__ __forceinline__ float widen(float x) { return x; }
 __device__ __forceinline__ double widen(double x) { return x; }
 
-// exp/log/pow of the compute type. The float versions go through double for log/pow so that
-// --use_fast_math (approximate logf/powf) does not move sampling or bisection decisions.
+// exp/log/pow of the compute type: float math for float (no fp64 instruction in the fp16/bf16/
+// fp32 kernels), double for fp64 logits. None of them feeds the noise (philox.cuh's log32 does).
 __device__ __forceinline__ float c_exp(float x) { return expf(x); }
 __device__ __forceinline__ double c_exp(double x) { return exp(x); }
-__device__ __forceinline__ float c_log(float x) { return static_cast<float>(log(static_cast<double>(x))); }
+__device__ __forceinline__ float c_log(float x) { return logf(x); }
 __device__ __forceinline__ double c_log(double x) { return log(x); }
-__device__ __forceinline__ float c_pow(float x, float y) {
-  return static_cast<float>(pow(static_cast<double>(x), static_cast<double>(y)));
-}
+__device__ __forceinline__ float c_pow(float x, float y) { return powf(x, y); }
 __device__ __forceinline__ double c_pow(double x, double y) { return pow(x, y); }
 template <typename C> __device__ __forceinline__ C c_tiny();
 template <> __device__ __forceinline__ float c_tiny<float>() { return 1.17549435e-38f; }
@@ -74,6 +72,30 @@ __device__ __forceinline__ V block_reduce(V v, Op op, V* scratch) {
   for (int w = 1; w < nwarps; ++w) r = op(r, scratch[w]);
   __syncthreads();
   return r;
+}
+
+// One butterfly step: lanes with bit W set keep v[W..2W), the others v[0..W); each adds the
+// partner's copy of the half it keeps (into v[0..W)).
+template <int W, typename Acc>
+__device__ __forceinline__ void transpose_sum_step(Acc (&v)[32], int lane) {
+  const bool upper = lane & W;
+#pragma unroll
+  for (int i = 0; i < W; ++i) {
+    const Acc lo = v[i], hi = v[i + W];  // values first: a select of addresses would put v in local memory
+    v[i] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, W);
+  }
+}
+
+// The full sum over the warp of v[j] (j < 32), returned on lane j: a butterfly that halves the
+// live values at every step (31 shuffles for 32 dot products instead of 32 x 5).
+template <typename Acc>
+__device__ __forceinline__ Acc warp_transpose_sum(Acc (&v)[32], int lane) {
+  transpose_sum_step<16>(v, lane);
+  transpose_sum_step<8>(v, lane);
+  transpose_sum_step<4>(v, lane);
+  transpose_sum_step<2>(v, lane);
+  transpose_sum_step<1>(v, lane);
+  return v[0];
 }
 
 // (value, index) ordering: larger value first, then lower index (torch's argmax tie rule).

@@ -1,7 +1,8 @@
 """Backend registry and dispatch: ``"torch"`` (reference), ``"triton"``, ``"cuda"``, ``"auto"``.
 
 Each backend module registers its implementations with :func:`register` when imported.
-``"auto"`` picks CUDA, then Triton, on a CUDA device and the PyTorch reference on the CPU.
+``"auto"`` picks, on a CUDA device, the first backend of :data:`AUTO_ORDER` that can run the op
+(CUDA, then Triton; Triton first for ``tree_attention``) and the PyTorch reference on the CPU.
 Asking explicitly for a backend that cannot run raises ``ValueError`` with the reason:
 there is no silent fallback.
 """
@@ -20,6 +21,19 @@ _MODULES = {
     "cuda": ("rsd_kernels.cuda_backend",),
 }
 _load_errors: dict[str, str] = {}
+
+# What ``"auto"`` tries on a CUDA device, in order. ``tree_attention`` prefers Triton: neither
+# attention kernel has been timed on a GPU yet, and the Triton kernel is the one whose launch
+# plan and sm_90 compile were reviewed end to end; the streaming CUDA kernel (cp.async
+# pipeline, one-wave split plan) takes over only once a device run shows it at least as fast
+# (bench/bench_attention.py, both backends side by side).
+AUTO_ORDER = {"tree_attention": ("triton", "cuda", "torch")}
+_AUTO_DEFAULT = ("cuda", "triton", "torch")
+
+
+def auto_order(op: str, device) -> tuple[str, ...]:
+    """The backends ``backend="auto"`` tries for ``op`` on ``device``, in order."""
+    return AUTO_ORDER.get(op, _AUTO_DEFAULT) if torch.device(device).type == "cuda" else ("torch",)
 
 
 def register(op: str, backend: str):
@@ -85,8 +99,7 @@ def resolve(op: str, backend: str, device) -> tuple[str, object]:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend == "auto":
-        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("torch",)
-        for b in order:
+        for b in auto_order(op, device):
             if _why_not(op, b, device) is None:
                 return b, _IMPLS[b][op]
         raise ValueError(f"no backend can run {op} on {device}")

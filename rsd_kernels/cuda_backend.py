@@ -15,13 +15,20 @@ import raises ``ImportError`` with the reason, which :mod:`rsd_kernels.backends`
 when ``backend="cuda"`` is asked for. Then the four ops are registered with exactly the
 signatures of the PyTorch reference launchers (``rsd_kernels/*/reference.py``).
 
-Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` runs one thread block per
-batch row; ``sample_without_replacement`` supports ``k <= 64`` (register top-k);
+Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` splits each row's vocabulary over
+blocks that stay resident together (a cooperative launch) and exchange their partial sums, maxima
+and argmaxes through a small workspace: every vocabulary-wide pass (node statistics, residual
+masses, SpecTr's rho* with 31 bisection midpoints per pass, the final Gumbel argmax) is spread over
+the row's blocks, while each block repeats the scalar walk; ``sample_without_replacement`` splits the vocabulary across blocks (a (vocabulary
+block, row) kernel with all four Philox lanes per call and float32 noise, then a per-row merge)
+and supports ``k <= 64`` (register top-k);
 ``stochastic_beam_step`` is the per-beam Gumbel-top-``min(width, V)`` kernel followed by a
 torch merge of the ``N * min(width, V)`` candidates (exact: the global top-``width`` lies in
 the union of the per-beam top-``width``, and the truncated Gumbel is increasing in the
-perturbed score); ``tree_attention`` uses tensor cores (WMMA) for fp16/bf16 with
-``D in {64, 128}`` and a CUDA-core kernel for fp32/fp64 and other head sizes (``D <= 256``).
+perturbed score); ``tree_attention`` reads q/k/v in place (any batch/head/row strides, last
+dimension contiguous: the KV cache's own views), streams K/V through a cp.async pipeline, uses
+tensor cores (mma.sync) for fp16/bf16 with ``D in {64, 128}`` on sm_80+ and a CUDA-core kernel
+for fp32/fp64 and other head sizes (``D <= 256``).
 """
 from __future__ import annotations
 
@@ -171,5 +178,6 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
 @backends.register("tree_attention", "cuda")
 def tree_attention(q, k, v, mask_bits, prefix_lens, scale: float):
     """CUDA tree attention: same contract as :func:`rsd_kernels.attention.reference.tree_attention`."""
-    return _ext.tree_attention(q.contiguous(), k.contiguous(), v.contiguous(), mask_bits.to(torch.int32).contiguous(),
-                               prefix_lens.to(torch.int64).contiguous(), float(scale))
+    # q, k, v as they lie: the kernels take batch/head/row strides (a KV cache's views, no copy)
+    return _ext.tree_attention(q, k, v, mask_bits.to(torch.int32).contiguous(), prefix_lens.to(torch.int64).contiguous(),
+                               float(scale))

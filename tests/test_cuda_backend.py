@@ -49,6 +49,31 @@ def test_tree_attention_matches_reference(case, D, dtype, tol):
         assert cuda_backend.extension().attention_splits(B, Hq, Hkv, T, S, D, q) > 1
 
 
+@pytest.mark.parametrize("dtype,D", [(torch.bfloat16, 128), (torch.float16, 64), (torch.float32, 64)])
+def test_tree_attention_reads_cache_views_in_place(dtype, D):
+    """K/V as the KV cache hands them over (the [:, :, :S] view of a longer buffer, and a
+    token-major buffer seen through transpose): the result equals the contiguous one, and the
+    call allocates nothing of K/V's size (no copy)."""
+    from rsd_kernels import cuda_backend
+
+    B, Hq, Hkv, T, S = 2, 8, 2, 16, 1500
+    gen = torch.Generator().manual_seed(D)
+    bits = DraftTree(torch.zeros(B, T, dtype=torch.int64), _random_tree(B, T, gen)).ancestor_bitmask.to(DEVICE)
+    pl = torch.tensor([S - T, 700], dtype=torch.int64, device=DEVICE)
+    q = torch.randn(B, Hq, T, D, generator=gen).to(DEVICE, dtype)
+    buf_k = torch.randn(B, Hkv, S + 512, D, generator=gen).to(DEVICE, dtype)
+    buf_v = torch.randn(B, S + 512, Hkv, D, generator=gen).to(DEVICE, dtype)
+    k, v = buf_k[:, :, :S], buf_v[:, :S].transpose(1, 2)
+    want = cuda_backend.tree_attention(q, k.contiguous(), v.contiguous(), bits, pl, D ** -0.5)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    got = cuda_backend.tree_attention(q, k, v, bits, pl, D ** -0.5)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < k.numel() * k.element_size()
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("V", [32000, 50257])  # 16-byte loads; scalar loads (odd V)
 @pytest.mark.parametrize("k", [1, 5, 33, 64])
@@ -107,3 +132,61 @@ def test_verify_large_vocab_seeded(mode, dtype):
     want = verify_tree(*args, mode=mode, temperature=temp, seed=5, offset=11, backend="torch")
     for a, b in zip(got, want):
         assert torch.equal(a, b), (got, want)
+
+
+@pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_verify_vocabulary_split_over_blocks(mode, B):
+    """Few rows, a large vocabulary: each row's vocabulary spreads over many cooperating blocks
+    (the cooperative launch, the row barrier, the merged statistics) and still gives the
+    reference's path and token."""
+    from rsd_kernels import cuda_backend  # noqa: F401  (the backend must load)
+
+    T, V = 15, 128256
+    gen = torch.Generator().manual_seed(B * 10 + len(mode))
+    parents = _random_tree(B, T, gen)
+    tokens = torch.randint(0, 4 if mode == "kseq" else V, (B, T), generator=gen)
+    tl = torch.randn(B, T, V, generator=gen) * 2
+    dl = tl + 0.7 * torch.randn(B, T, V, generator=gen)
+    tokens[:, 1:] = torch.where(torch.rand(B, T - 1, generator=gen) < 0.5, tl[:, 0].argmax(-1, keepdim=True),
+                                tokens[:, 1:])  # some matches / acceptances
+    args = [x.to(DEVICE) for x in (tl.to(torch.bfloat16), dl.to(torch.bfloat16), tokens, parents)]
+    temp = 0.0 if mode == "greedy" else 1.0
+    got = verify_tree(*args, mode=mode, temperature=temp, seed=3, offset=1, backend="cuda")
+    want = verify_tree(*args, mode=mode, temperature=temp, seed=3, offset=1, backend="torch")
+    for a, b in zip(got, want):
+        assert torch.equal(a, b), (got, want)
+
+
+def test_kernels_capture_in_a_cuda_graph():
+    """No host synchronisation inside the CUDA ops: verify (a cooperative launch), sampling and
+    tree attention (on cache views) record into a CUDA graph and replay to the eager results."""
+    from rsd_kernels import cuda_backend
+
+    gen = torch.Generator().manual_seed(0)
+    B, T, V = 2, 7, 4096
+    parents = _random_tree(B, T, gen).to(DEVICE)
+    tokens = torch.randint(0, V, (B, T), generator=gen).to(DEVICE)
+    nn = torch.full((B,), T, dtype=torch.int32, device=DEVICE)
+    tl = torch.randn(B, T, V, generator=gen).to(DEVICE)
+    dl = torch.randn(B, T, V, generator=gen).to(DEVICE)
+    q = torch.randn(B, 8, T, 64, generator=gen).to(DEVICE, torch.float16)
+    kv = torch.randn(B, 2, 900, 64, generator=gen).to(DEVICE, torch.float16)
+    bits = DraftTree(tokens.cpu(), parents.cpu()).ancestor_bitmask.to(DEVICE)
+    pl = torch.tensor([800, 500], device=DEVICE)
+
+    def run():
+        v = cuda_backend.verify(tl, dl, tokens, parents, nn, "rrs", 1.0, T - 1, seed=1, offset=2)
+        s = cuda_backend.sample_topk(tl[:, 0], torch.full((B,), 4, dtype=torch.int32, device=DEVICE), 4, 1.0, seed=1)
+        a = cuda_backend.tree_attention(q, kv[:, :, :850], kv[:, :, :850], bits, pl, 0.125)
+        return v + s + (a,)
+
+    eager = run()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for x, y in zip(captured, eager):
+        assert torch.equal(x, y)

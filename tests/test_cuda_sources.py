@@ -42,3 +42,15 @@ def test_all_cuda_sources_compile():
     for src in sorted(CSRC.glob("*.cu")):
         for arch in ("sm_80", "sm_90"):
             assert f"ok    csrc/{src.name} {arch}" in out, out
+
+
+def test_auto_picks_triton_for_attention_and_cuda_first_elsewhere(monkeypatch):
+    """On a CUDA device ``auto`` takes Triton for tree attention (the CUDA kernel is untimed on a
+    GPU), CUDA first for the other ops; the CPU gets the reference."""
+    monkeypatch.setattr(backends, "_why_not", lambda op, b, dev: None)  # as if every backend could run
+    monkeypatch.setitem(backends._IMPLS["cuda"], "tree_attention", "cuda-impl")
+    monkeypatch.setitem(backends._IMPLS["triton"], "tree_attention", "triton-impl")
+    monkeypatch.setitem(backends._IMPLS["cuda"], "verify_tree", "cuda-verify")
+    assert backends.resolve("tree_attention", "auto", "cuda") == ("triton", "triton-impl")
+    assert backends.resolve("verify_tree", "auto", "cuda") == ("cuda", "cuda-verify")
+    assert backends.auto_order("tree_attention", "cpu") == ("torch",)
