@@ -18,9 +18,10 @@ BACKENDS = kernel_backend_params("verify_tree")
 SHAPES = [(1, 1, 37), (3, 7, 61), (4, 16, 300), (2, 33, 129), (5, 12, 2000)]  # (B, T, V)
 
 
-def random_swor_tree(B, T, V, gen, width=3):
+def random_swor_tree(B, T, V, gen, draft_logits, width=3):
     """Random topological trees (parents among the previous ``width`` nodes), siblings holding
-    distinct tokens (a quarter of them among the 4 tokens the target favours), ragged rows."""
+    distinct tokens, half of them among their parent's 4 likeliest draft tokens (as in drafted
+    trees, where the target often disagrees: rejections at every level), ragged rows."""
     parents = torch.full((B, T), -1, dtype=torch.int32)
     tokens = torch.zeros(B, T, dtype=torch.int64)
     for b in range(B):
@@ -28,7 +29,8 @@ def random_swor_tree(B, T, V, gen, width=3):
             par = int(torch.randint(max(0, i - width), i, (1,), generator=gen))
             parents[b, i] = par
             used = {int(tokens[b, j]) for j in range(1, i) if int(parents[b, j]) == par}
-            pool = range(4) if float(torch.rand(1, generator=gen)) < 0.25 and len(used) < 4 else range(V)
+            likely = draft_logits[b, par].float().topk(min(4, V)).indices.tolist()
+            pool = likely if float(torch.rand(1, generator=gen)) < 0.5 else range(V)
             free = [t for t in pool if t not in used] or [t for t in range(V) if t not in used]
             tokens[b, i] = free[int(torch.randint(0, len(free), (1,), generator=gen))]
     num_nodes = torch.randint(1, T + 1, (B,), generator=gen).to(torch.int32)
@@ -38,7 +40,6 @@ def random_swor_tree(B, T, V, gen, width=3):
 
 def random_logits(B, T, V, gen, dtype, closeness):
     t = torch.randn(B, T, V, generator=gen) * 1.5
-    t[..., :4] += 2.0  # long accepted paths as well as rejections
     d = t + closeness * torch.randn(B, T, V, generator=gen)
     return t.to(dtype), d.to(dtype)
 
@@ -54,8 +55,8 @@ def test_traversal_matches_reference(backend, shape, device):
     B, T, V = shape
     gen = torch.Generator().manual_seed(hash(shape) % 2**31)
     for trial, dtype in enumerate((torch.float32, torch.float16, torch.bfloat16, torch.float64)):
-        tokens, parents, nn = random_swor_tree(B, T, V, gen, width=2 + trial % 3)
-        tl_, dl = random_logits(B, T, V, gen, dtype, closeness=[0.3, 1.0, 0.1, 0.6][trial])
+        tl_, dl = random_logits(B, T, V, gen, dtype, closeness=[1.0, 2.0, 0.5, 1.5][trial])
+        tokens, parents, nn = random_swor_tree(B, T, V, gen, dl, width=2 + trial % 3)
         args = [x.to(device) for x in (tl_, dl, tokens, parents)]
         kw = dict(mode="traversal", temperature=[1.0, 0.7, 1.3, 0.9][trial], num_nodes=nn.to(device))
         u, g = noise.verify_noise(1000 + trial, trial, B, T, V)
@@ -72,8 +73,8 @@ def test_traversal_top_k_and_small_vocab_tiles(backend, device):
 
     gen = torch.Generator().manual_seed(3)
     B, T, V = 3, 11, 300
-    tokens, parents, nn = random_swor_tree(B, T, V, gen)
-    tl_, dl = random_logits(B, T, V, gen, torch.float64, closeness=0.5)
+    tl_, dl = random_logits(B, T, V, gen, torch.float64, closeness=1.0)
+    tokens, parents, nn = random_swor_tree(B, T, V, gen, dl)
     args = [x.to(device) for x in (tl_, dl, tokens, parents)]
     kw = dict(mode="traversal", num_nodes=nn.to(device), seed=12, top_k=20)
     _same(verify_tree(*args, backend=backend, **kw), verify_tree(*args, backend="torch", **kw))
