@@ -28,16 +28,31 @@ A = "rsd_kernels.attention.triton_kernel"
 
 def _verify_specs():
     out = []
-    for mode, gen, dt, ct, *bt in [(0, True, "bf16", "fp32"), (1, False, "fp32", "fp32"), (2, False, "fp16", "fp32"),
-                                   (0, True, "fp64", "fp64"), (1, True, "bf16", "fp32", 256),
-                                   (0, False, "fp16", "fp32", 256)]:
+    for greedy, dt, ct in [(False, "bf16", "fp32"), (True, "fp16", "fp32"), (False, "fp64", "fp64")]:
+        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "nn_ptr": "*i32", "temp_ptr": _F[ct], "temp_val": "fp32",
+               "stat_ptr": _F[ct], "arg_ptr": "*i32", "T": "i32", "V": "i32", "NB": "i32"}
+        out.append((V, "_node_stats_kernel", sig, {"GREEDY": greedy, "CT": ct, "BLOCK": 4096}, 8))
+    for mode, gen, dt, ct, pre, *bt in [(0, True, "bf16", "fp32", True), (1, False, "fp32", "fp32", False),
+                                        (2, False, "fp16", "fp32", True), (2, False, "bf16", "fp32", False),
+                                        (0, True, "fp64", "fp64", False), (1, True, "bf16", "fp32", True, 256),
+                                        (0, False, "fp16", "fp32", False, 256)]:
         sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
-               "u_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "path_ptr": "*i64",
-               "nacc_ptr": "*i64", "next_ptr": "*i64", "T": "i32", "V": "i32", "P": "i32", "seed": "i64",
-               "offset": "i64"}
-        const = {"MODE": mode, "GEN": gen, "CT": ct, "RHO_STEPS": 40, "BLOCK_T": bt[0] if bt else 64, "BLOCK_V": 4096,
-                 "BLOCK_P": 16}
-        out.append((V, "_verify_tree_kernel", sig, const, 8))
+               "u_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "stat_ptr": _F[ct], "arg_ptr": "*i32",
+               "path_ptr": "*i64", "nacc_ptr": "*i64", "next_ptr": "*i64", "stf_ptr": _F[ct], "sti_ptr": "*i32",
+               "rej_ptr": _F[ct], "passes_ptr": "*i32", "T": "i32", "V": "i32", "P": "i32", "NB": "i32",
+               "seed": "i64", "offset": "i64", "RHO_TOL": "fp32", "MAX_PASSES": "i32"}
+        const = {"MODE": mode, "GEN": gen, "CT": ct, "PRE": pre, "BLOCK_T": bt[0] if bt else 64, "BLOCK_V": 4096,
+                 "BLOCK_P": 16, "NBP": 8}
+        out.append((V, "_verify_walk_kernel", sig, const, 8))
+    for mode, gen, dt, ct in [(0, True, "bf16", "fp32"), (1, False, "fp32", "fp32"), (1, True, "fp64", "fp64")]:
+        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
+               "stf_ptr": _F[ct], "sti_ptr": "*i32", "rej_ptr": _F[ct], "part_ptr": _F[ct], "parg_ptr": "*i32",
+               "T": "i32", "V": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
+        const = {"MODE": mode, "GEN": gen, "CT": ct, "BLOCK_T": 64, "NQ": 1024}
+        out.append((V, "_residual_sample_kernel", sig, const, 8))
+    for mode, ct in [(0, "fp32"), (1, "fp64")]:
+        sig = {"part_ptr": _F[ct], "parg_ptr": "*i32", "next_ptr": "*i64", "NB": "i32"}
+        out.append((V, "_residual_merge_kernel", sig, {"MODE": mode, "NBP": 32}, 1))
     return out
 
 
@@ -45,16 +60,21 @@ def _sampling_specs():
     out = []
     for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
                                    (False, False, "fp16", "fp32", 2), (True, True, "fp64", "fp64", 64)]:
-        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "KMAX": "i32", "seed": "i64",
-               "offset": "i64"}
-        const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "BLOCK_V": 4096}
-        out.append((S, "_sample_topk_kernel", sig, const, 8))
+        sig = {"logits_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "pm_ptr": _F[ct],
+               "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32", "V": "i32", "NB": "i32",
+               "KMAX": "i32", "seed": "i64", "offset": "i64"}
+        const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "NQ": 1024}
+        out.append((S, "_topk_partial_kernel", sig, const, 8))
+    parts = lambda ct: {"pm_ptr": _F[ct], "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32"}
+    for dt, ct in [("bf16", "fp32"), ("fp64", "fp64")]:
+        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "temp_ptr": _F[ct], "temp_val": "fp32", **parts(ct),
+               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "NB": "i32", "KMAX": "i32"}
+        out.append((S, "_sample_merge_kernel", sig, {"CT": ct, "KB": 8, "NBP": 8}, 4))
     for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
         sig = {"logits_ptr": _F[dt], "phi_ptr": "*fp32", "G_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct],
-               "temp_val": "fp32", "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32", "W": "i32",
-               "seed": "i64", "offset": "i64"}
-        out.append((S, "_beam_candidates_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "BLOCK_V": 4096}, 8))
+               "temp_val": "fp32", **parts(ct), "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32",
+               "NB": "i32", "W": "i32", "seed": "i64", "offset": "i64"}
+        out.append((S, "_beam_merge_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "NBP": 8}, 4))
     return out
 
 

@@ -1,17 +1,24 @@
-"""Triton kernels for Gumbel-top-k sampling and the RSD-S stochastic beam step.
+"""Triton kernels for Gumbel-top-k sampling and the RSD-S stochastic beam step, vocabulary-parallel.
 
-Both read each logit row once (one program per row, a loop over vocabulary tiles): the
-softmax statistics (running max and sum of exponentials), the perturbed scores
-``logit / temperature + gumbel`` (noise from ``gumbel`` or generated in-kernel from the
-``GUMBEL`` Philox stream at counter ``(offset, row, 3 << 24, token)``) and a running top-k
-kept sorted in registers. A tile is merged into the top-k only when its best score beats the
-current k-th (after the first tiles, almost never). Ties go to the lower token index.
+Two launches per op, the vocabulary split across programs:
 
-* :func:`sample_topk` -- tokens in sampling order, their log-probabilities, ``min(k, support)``.
-* :func:`beam_step` -- per beam, the top-W candidates by perturbed score, their ``phi`` and
-  truncated Gumbel ``G_c`` (SPEC section 4; truncated Gumbel is increasing in the candidate's
-  Gumbel, so a beam's top-W by score is its top-W by ``G_c``); the global top-W merge over the
-  ``N * W`` survivors of a row is a small ``torch.topk``.
+1. :func:`_topk_partial_kernel`, grid ``(rows, vocabulary blocks)``: each program reads one block
+   of ``BLOCK_V`` logits of one row once and writes that block's softmax statistics (max, sum of
+   exponentials, support) and its top-``KMAX`` perturbed scores ``logit / temperature + gumbel``
+   with their tokens (sorted; ties to the lower token). The noise comes from ``gumbel`` or is
+   generated in-kernel from the ``GUMBEL`` stream of :mod:`rsd_kernels.noise`, the block as a
+   ``[BLOCK_V / 4, 4]`` tile: one Philox call per 4 tokens, every output lane used, float32 logs.
+2. A small per-row merge: the row's statistics from the blocks' (``m = max m_b``,
+   ``s = sum s_b exp(m_b - m)``) and its top-k from the blocks' candidates (the global top-k lies
+   in the union of the blocks' top-k, and max/argmax are exact, so the tokens equal the
+   reference's token for token). :func:`_sample_merge_kernel` writes tokens, log-probabilities
+   and ``min(k, support)``; :func:`_beam_merge_kernel` writes each beam's top-W candidates with
+   ``phi_c`` and truncated Gumbel ``G_c`` (SPEC section 4: ``G_c`` is increasing in the
+   candidate's perturbed score, so a beam's top-W by score is its top-W by ``G_c``); the global
+   top-W over a row's ``N * W`` survivors is a small ``torch.topk``.
+
+:func:`launch_plan` sizes the blocks so that the partial grid fills the device (at least two
+programs per SM when the shape allows it).
 """
 from __future__ import annotations
 
@@ -21,9 +28,12 @@ import triton.language as tl
 
 from .. import noise as _noise
 from .. import triton_compat  # noqa: F401  (interpreter fixes, see module)
-from ..triton_noise import gumbel_from_uniform, philox_uniform
+from ..triton_noise import STREAM_GUMBEL, gumbel, token_uniforms
 
 MAX_K = 1024  # top-k kept in registers
+H200_SMS = 132  # the plan's SM count when no CUDA device is present (CPU tests, bench/roofline.py)
+MIN_BLOCK_V, MAX_BLOCK_V = 1024, 4096
+BIG_TOKEN = 2147483647
 
 
 @triton.jit
@@ -44,80 +54,114 @@ def _temperature(temp_ptr, temp_val, CT: tl.constexpr):
 
 
 @triton.jit
-def _merge_topk(top_v, top_i, sc, offs, KMAX, KB: tl.constexpr):
-    """The sorted top-``KMAX`` of (running ``top_v/top_i``) and (tile scores ``sc`` at ``offs``)."""
-    pos = tl.arange(0, KB)
-    new_v = tl.full([KB], float("-inf"), top_v.dtype)
-    new_i = tl.full([KB], 2147483647, tl.int32)
-    for i in range(KMAX):
-        cm = tl.max(sc, 0)
-        ci = tl.min(tl.where(sc == cm, offs, 2147483647), 0)
-        tm = tl.max(top_v, 0)
-        ti = tl.min(tl.where(top_v == tm, top_i, 2147483647), 0)
-        take_tile = (cm > tm) | ((cm == tm) & (ci < ti))
-        v = tl.where(take_tile, cm, tm)
-        idx = tl.where(take_tile, ci, ti)
-        new_v = tl.where(pos == i, v, new_v)
-        new_i = tl.where(pos == i, idx, new_i)
-        tile_hit = offs == tl.where(take_tile, ci, -1)
-        sc = tl.where(tile_hit, float("-inf"), sc)
-        offs = tl.where(tile_hit, 2147483647, offs)  # taken: never again
-        top_hit = (top_i == tl.where(take_tile, -1, ti)) & (top_v == tm)
-        top_v = tl.where(top_hit, float("-inf"), top_v)
-        top_i = tl.where(top_hit, 2147483647, top_i)
-    return new_v, new_i
+def _max2(x):
+    return tl.max(tl.max(x, 1), 0)
 
 
 @triton.jit
-def _scan_row(row_ptr, g_row, V, temp, seed, offset, row, KMAX,
-              NOISE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, BLOCK_V: tl.constexpr):
-    """One pass over a row: (max, sum exp, support, sorted top-KMAX scores, their tokens)."""
-    offs0 = tl.arange(0, BLOCK_V)
+def _sum2(x):
+    return tl.sum(tl.sum(x, 1), 0)
+
+
+@triton.jit
+def _extract_topk(sc, tok, KMAX, KB: tl.constexpr):
+    """The ``KMAX`` largest of the 2-D ``sc`` with their ``tok`` (descending, ties to the lower
+    token), as ``[KB]`` vectors padded with ``-inf``."""
     pos = tl.arange(0, KB)
-    m = tl.full([], float("-inf"), CT)
-    s = tl.zeros([], CT)
-    support = tl.zeros([], tl.int32)
-    top_v = tl.full([KB], float("-inf"), CT)
+    top_v = tl.full([KB], float("-inf"), sc.dtype)
     top_i = tl.full([KB], 2147483647, tl.int32)
-    for v0 in range(0, V, BLOCK_V):
-        offs = v0 + offs0
-        inb = offs < V
-        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(CT) / temp
-        fin = x > float("-inf")
-        m_new = tl.maximum(m, tl.max(x, 0))
-        alpha = tl.where(m == float("-inf"), 0.0, tl.exp(m - m_new))
-        s = s * alpha + tl.sum(tl.where(fin, tl.exp(x - m_new), 0.0), 0)
-        m = m_new
-        support += tl.sum(fin.to(tl.int32), 0)
-        if NOISE:
-            if GEN:
-                g = gumbel_from_uniform(philox_uniform(seed, offset, row, 3 << 24, offs)).to(CT)
-            else:
-                g = tl.load(g_row + offs, mask=inb, other=0.0).to(CT)
-            sc = tl.where(fin, x + g, float("-inf"))
+    for i in range(KMAX):
+        cm = tl.max(tl.max(sc, 1), 0)
+        ci = tl.min(tl.min(tl.where(sc == cm, tok, 2147483647), 1), 0)
+        top_v = tl.where(pos == i, cm, top_v)
+        top_i = tl.where(pos == i, ci, top_i)
+        sc = tl.where(tok == ci, float("-inf"), sc)
+    return top_v, top_i
+
+
+@triton.jit
+def _topk_partial_kernel(logits_ptr, g_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr,
+                         V, NB, KMAX, seed, offset,
+                         NOISE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr,
+                         NQ: tl.constexpr):
+    """Program (row r, block blk): tokens ``blk * 4 NQ ..`` of row r, as a ``[NQ, 4]`` tile."""
+    r = tl.program_id(0)
+    blk = tl.program_id(1)
+    r64 = r.to(tl.int64)
+    quad = blk * NQ + tl.arange(0, NQ)[:, None]
+    lane = tl.arange(0, 4)[None, :]
+    tok = 4 * quad + lane
+    inb = tok < V
+    temp = _temperature(temp_ptr, temp_val, CT)
+    x = tl.load(logits_ptr + r64 * V + tok, mask=inb, other=float("-inf")).to(CT) / temp
+    fin = x > float("-inf")
+    m = _max2(x)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    s = _sum2(tl.where(fin, tl.exp(x - m_safe), 0.0))
+    support = _sum2(fin.to(tl.int32))
+    if NOISE:
+        if GEN:
+            g = gumbel(token_uniforms(seed, offset, r, STREAM_GUMBEL, quad, lane)).to(CT)
         else:
-            sc = x
-        sc = tl.where(inb, sc, float("-inf"))
-        kth = tl.max(tl.where(pos == KMAX - 1, top_v, float("-inf")), 0)  # -inf until KMAX scores are in
-        if (tl.max(sc, 0) > kth) | (kth == float("-inf")):
-            top_v, top_i = _merge_topk(top_v, top_i, sc, tl.where(inb, offs, 2147483647), KMAX, KB)
+            g = tl.load(g_ptr + r64 * V + tok, mask=inb, other=0.0).to(CT)
+        sc = tl.where(fin, x + g, float("-inf"))
+    else:
+        sc = x
+    top_v, top_i = _extract_topk(sc, tok, KMAX, KB)
+    p = r64 * NB + blk
+    tl.store(pm_ptr + p, m)
+    tl.store(ps_ptr + p, s)
+    tl.store(psup_ptr + p, support)
+    pos = tl.arange(0, KB)
+    tl.store(pv_ptr + p * KB + pos, top_v)
+    tl.store(pi_ptr + p * KB + pos, top_i)
+
+
+@triton.jit
+def _merge_row(pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr, r64, NB, KMAX, KB: tl.constexpr, NBP: tl.constexpr):
+    """A row's ``(max, sum exp, support)`` and its top-``KMAX`` ``(scores, tokens)`` from its blocks'."""
+    b = tl.arange(0, NBP)
+    okb = b < NB
+    p = r64 * NB + b
+    mb = tl.load(pm_ptr + p, mask=okb, other=float("-inf"))
+    sb = tl.load(ps_ptr + p, mask=okb, other=0.0)
+    support = tl.sum(tl.load(psup_ptr + p, mask=okb, other=0), 0)
+    m = tl.max(mb, 0)
+    s = tl.sum(tl.where(mb > float("-inf"), sb * tl.exp(mb - tl.where(m == float("-inf"), 0.0, m)), 0.0), 0)
+    pos = tl.arange(0, KB)
+    cv = tl.load(pv_ptr + p[:, None] * KB + pos[None, :], mask=okb[:, None], other=float("-inf"))
+    ci = tl.load(pi_ptr + p[:, None] * KB + pos[None, :], mask=okb[:, None], other=2147483647)
+    if NB == 1:  # one block: its list is the row's
+        top_v = tl.load(pv_ptr + r64 * KB + pos)
+        top_i = tl.load(pi_ptr + r64 * KB + pos)
+    else:
+        # a block's list repeats a token only among its -inf padding: entries are taken by position
+        slot = b[:, None] * KB + pos[None, :]
+        top_v = tl.full([KB], float("-inf"), cv.dtype)
+        top_i = tl.full([KB], 2147483647, tl.int32)
+        for i in range(KMAX):
+            cm = tl.max(tl.max(cv, 1), 0)
+            cidx = tl.min(tl.min(tl.where(cv == cm, ci, 2147483647), 1), 0)
+            taken = tl.min(tl.min(tl.where((cv == cm) & (ci == cidx), slot, 2147483647), 1), 0)
+            top_v = tl.where(pos == i, cm, top_v)
+            top_i = tl.where(pos == i, cidx, top_i)
+            cv = tl.where(slot == taken, float("-inf"), cv)
+            ci = tl.where(slot == taken, 2147483647, ci)
     return m, s, support, top_v, top_i
 
 
 @triton.jit
-def _sample_topk_kernel(logits_ptr, k_ptr, g_ptr, temp_ptr, temp_val, tok_ptr, lp_ptr, num_ptr, V, KMAX, seed, offset,
-                        NOISE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr,
-                        BLOCK_V: tl.constexpr):
+def _sample_merge_kernel(logits_ptr, k_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr,
+                         tok_ptr, lp_ptr, num_ptr, V, NB, KMAX,
+                         CT: tl.constexpr, KB: tl.constexpr, NBP: tl.constexpr):
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
-    row_ptr = logits_ptr + r64 * V
-    temp = _temperature(temp_ptr, temp_val, CT)
-    m, s, support, top_v, top_i = _scan_row(row_ptr, g_ptr + r64 * V, V, temp, seed, offset, r, KMAX,
-                                            NOISE, GEN, CT, KB, BLOCK_V)
+    m, s, support, top_v, top_i = _merge_row(pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr, r64, NB, KMAX, KB, NBP)
     pos = tl.arange(0, KB)
     num = tl.minimum(tl.load(k_ptr + r), support)
     keep = pos < num
-    x = tl.load(row_ptr + top_i, mask=keep, other=0.0).to(CT) / temp
+    temp = _temperature(temp_ptr, temp_val, CT)
+    x = tl.load(logits_ptr + r64 * V + top_i, mask=keep, other=0.0).to(CT) / temp
     lp = (x - m) - tl.log(s)
     tl.store(tok_ptr + r64 * KMAX + pos, tl.where(keep, top_i, -1).to(tl.int64), mask=pos < KMAX)
     tl.store(lp_ptr + r64 * KMAX + pos, tl.where(keep, lp, float("-inf")).to(tl.float32), mask=pos < KMAX)
@@ -125,24 +169,23 @@ def _sample_topk_kernel(logits_ptr, k_ptr, g_ptr, temp_ptr, temp_val, tok_ptr, l
 
 
 @triton.jit
-def _beam_candidates_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, temp_val, tok_ptr, phic_ptr, Gc_ptr, V, W,
-                            seed, offset, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, BLOCK_V: tl.constexpr):
+def _beam_merge_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr,
+                       pi_ptr, tok_ptr, phic_ptr, Gc_ptr, V, NB, W, seed, offset,
+                       GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, NBP: tl.constexpr):
     """Row r = b * N + n: this beam's top-W candidates (token, phi_c, G_c), G_c descending."""
     r = tl.program_id(0)
     r64 = r.to(tl.int64)
-    row_ptr = logits_ptr + r64 * V
-    g_row = g_ptr + r64 * V
+    m, s, support, top_v, top_i = _merge_row(pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr, r64, NB, W, KB, NBP)
+    pos = tl.arange(0, KB)
     temp = _temperature(temp_ptr, temp_val, CT)
     phi = tl.load(phi_ptr + r).to(CT)
     G = tl.load(G_ptr + r).to(CT)
-    m, s, support, top_v, top_i = _scan_row(row_ptr, g_row, V, temp, seed, offset, r, W, True, GEN, CT, KB, BLOCK_V)
-    pos = tl.arange(0, KB)
     ok = (pos < W) & (top_v > float("-inf")) & ((phi + tl.zeros([KB], CT)) > float("-inf"))
-    x = tl.load(row_ptr + top_i, mask=ok, other=0.0).to(CT) / temp
+    x = tl.load(logits_ptr + r64 * V + top_i, mask=ok, other=0.0).to(CT) / temp
     if GEN:
-        gum = gumbel_from_uniform(philox_uniform(seed, offset, r, 3 << 24, top_i)).to(CT)
+        gum = gumbel(token_uniforms(seed, offset, r, STREAM_GUMBEL, top_i >> 2, top_i & 3)).to(CT)
     else:
-        gum = tl.load(g_row + top_i, mask=ok, other=0.0).to(CT)
+        gum = tl.load(g_ptr + r64 * V + top_i, mask=ok, other=0.0).to(CT)
     phi_c = phi + ((x - m) - tl.log(s))
     g = phi_c + gum
     Z = tl.max(tl.where(ok, g, float("-inf")), 0)
@@ -162,10 +205,29 @@ def _tl_dtype(dt):
     return tl.float64 if dt == torch.float64 else tl.float32
 
 
-def _block_v(V, block_v):
-    if block_v is not None:
-        return block_v
-    return min(max(16, triton.next_power_of_2(V)), 4096)
+def device_sms(device) -> int:
+    """SMs of ``device`` (a CUDA device), else :data:`H200_SMS` (the plan of the H200)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H200_SMS
+
+
+def launch_plan(rows: int, V: int, k: int, sms: int = H200_SMS, block_v: int | None = None) -> dict:
+    """The partial grid: ``BLOCK_V`` the largest power of two in [1024, 4096] (or ``block_v``) that
+    still gives ``rows * blocks >= 2 * sms`` programs (else 1024), blocks = ``cdiv(V, BLOCK_V)``;
+    ``KB`` = candidate slots per block (``next_pow2(k)``), ``NBP`` = next_pow2(blocks) for the merge."""
+    if block_v is None:
+        block_v = MAX_BLOCK_V
+        while block_v > MIN_BLOCK_V and rows * triton.cdiv(V, block_v) < 2 * sms:
+            block_v //= 2
+        block_v = min(block_v, max(16, triton.next_power_of_2(max(V, 1))))  # small vocabularies: one block
+    if block_v < 4 or block_v & (block_v - 1):
+        raise ValueError(f"block_v must be a power of two >= 4, got {block_v}")
+    nb = triton.cdiv(max(V, 1), block_v)
+    return {"BLOCK_V": block_v, "NB": nb, "KB": max(2, triton.next_power_of_2(k)),
+            "NBP": max(2, triton.next_power_of_2(nb)), "programs": rows * nb,
+            "num_warps": 4 if block_v <= 1024 else 8}
 
 
 def _temperature_tensor(t, ct, placeholder):
@@ -179,6 +241,22 @@ def _check_noise(gumbel, seed, offset):
         if seed is None:
             raise ValueError("sampling needs gumbel noise or a seed")
         _noise.check_seed(seed, offset)
+
+
+def _partials(logits2d, g, temp, t, kmax, ct, plan, noisy, gen, seed, offset):
+    """Launch the partial kernel over ``logits2d [rows, V]``; returns the partial tensors."""
+    R, V = logits2d.shape
+    dev = logits2d.device
+    nb, kb = plan["NB"], plan["KB"]
+    pm = torch.empty(R, nb, dtype=ct, device=dev)
+    ps = torch.empty(R, nb, dtype=ct, device=dev)
+    psup = torch.empty(R, nb, dtype=torch.int32, device=dev)
+    pv = torch.empty(R, nb, kb, dtype=ct, device=dev)
+    pi = torch.empty(R, nb, kb, dtype=torch.int32, device=dev)
+    _topk_partial_kernel[(R, nb)](logits2d, g, temp, float(t), pm, ps, psup, pv, pi, V, nb, kmax,
+                                  0 if seed is None else int(seed), int(offset), NOISE=noisy, GEN=gen,
+                                  CT=_tl_dtype(ct), KB=kb, NQ=plan["BLOCK_V"] // 4, num_warps=plan["num_warps"])
+    return pm, ps, psup, pv, pi
 
 
 def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None, offset=0, *, block_v=None):
@@ -199,17 +277,17 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     t = temperature if noisy else 1.0
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
     temp = _temperature_tensor(t, ct, g)
-    bv = _block_v(V, block_v)
-    _sample_topk_kernel[(R,)](logits, k, g, temp, float(t), tokens, lp, num, V, kmax, 0 if seed is None else int(seed),
-                              int(offset), NOISE=noisy, GEN=noisy and gumbel is None, CT=_tl_dtype(ct),
-                              KB=max(2, triton.next_power_of_2(kmax)), BLOCK_V=bv, num_warps=4 if bv <= 1024 else 8)
+    plan = launch_plan(R, V, kmax, device_sms(dev), block_v)
+    parts = _partials(logits, g, temp, t, kmax, ct, plan, noisy, noisy and gumbel is None, seed, offset)
+    _sample_merge_kernel[(R,)](logits, k, temp, float(t), *parts, tokens, lp, num, V, plan["NB"], kmax,
+                               CT=_tl_dtype(ct), KB=plan["KB"], NBP=plan["NBP"], num_warps=4)
     return tokens, lp, num
 
 
 def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=None, offset=0, *, block_v=None):
     """Triton RSD-S beam step; arguments and results as :func:`.reference.beam_step`.
 
-    Per beam, a kernel keeps the top-``min(width, V)`` candidates; a ``torch.topk`` over
+    Per beam, the kernels keep the top-``min(width, V)`` candidates; a ``torch.topk`` over
     the row's ``N * min(width, V)`` survivors picks the global top-``width``.
     """
     B, N, V = logits.shape
@@ -224,12 +302,14 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
     Gc = torch.empty(B, N, Wb, dtype=ct, device=dev)
     g = gumbel if gumbel is not None else torch.zeros(1, dtype=torch.float32, device=dev)
     temp = _temperature_tensor(temperature, ct, g)
-    bv = _block_v(V, block_v)
     if B * N:
-        _beam_candidates_kernel[(B * N,)](logits, phi, G, g, temp, float(temperature), tok, phi_c, Gc, V, Wb,
-                                          0 if seed is None else int(seed), int(offset), GEN=gumbel is None,
-                                          CT=_tl_dtype(ct), KB=max(2, triton.next_power_of_2(Wb)), BLOCK_V=bv,
-                                          num_warps=4 if bv <= 1024 else 8)
+        plan = launch_plan(B * N, V, Wb, device_sms(dev), block_v)
+        parts = _partials(logits.view(B * N, V), g, temp, temperature, Wb, ct, plan, True, gumbel is None, seed,
+                          offset)
+        _beam_merge_kernel[(B * N,)](logits, phi, G, g, temp, float(temperature), *parts, tok, phi_c, Gc, V,
+                                     plan["NB"], Wb, 0 if seed is None else int(seed), int(offset),
+                                     GEN=gumbel is None, CT=_tl_dtype(ct), KB=plan["KB"], NBP=plan["NBP"],
+                                     num_warps=4)
     # global merge of the row's N * Wb survivors (small), ordered like the reference
     top = torch.topk(Gc.reshape(B, N * Wb), width, dim=-1, sorted=True)
     ok = torch.isfinite(top.values)
