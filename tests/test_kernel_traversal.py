@@ -78,13 +78,14 @@ def test_traversal_top_k_and_small_vocab_tiles(backend, device):
     args = [x.to(device) for x in (tl_, dl, tokens, parents)]
     kw = dict(mode="traversal", num_nodes=nn.to(device), seed=12, top_k=20)
     _same(verify_tree(*args, backend=backend, **kw), verify_tree(*args, backend="torch", **kw))
-    if backend == "triton":
+    if backend == "triton":  # vocabulary tiles smaller than V; statistics from launch 1 or in the walk
         u, g = noise.verify_noise(5, 0, B, T, V)
         a = (tl_.float(), dl.float(), tokens, parents, nn, "traversal", 0.8, T - 1)
         want = traversal_reference.verify(*a, uniform=u, gumbel=g)
-        got = traversal_triton.verify(*[x.to(device) if torch.is_tensor(x) else x for x in a], uniform=u.to(device),
-                                      gumbel=g.to(device), block_v=64)
-        _same(got, want)
+        for pre in (True, False):
+            got = traversal_triton.verify(*[x.to(device) if torch.is_tensor(x) else x for x in a], uniform=u.to(device),
+                                          gumbel=g.to(device), block_v=64, precompute=pre)
+            _same(got, want)
 
 
 def test_traversal_kernel_limits_and_mode():

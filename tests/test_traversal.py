@@ -181,7 +181,7 @@ def test_rrs_on_merged_spectr_is_exact_end_to_end(models):
     assert chi_square_pvalue(pairs, expected_pairs(target, 0)) > PASS
 
 
-@pytest.mark.parametrize("cfg", [TreeConfig("rsd-c", (4, 1)), TreeConfig("rsd-s", (3, 2))], ids=str)
+@pytest.mark.parametrize("cfg", [TreeConfig("rsd-c", (3, 2)), TreeConfig("rsd-s", (4, 2))], ids=str)
 def test_negative_control_traversal_with_the_iid_update(models, cfg, monkeypatch):
     target, draft = models
     monkeypatch.setattr(trav, "draft_after_rejection", lambda s, x: s)

@@ -56,6 +56,25 @@ def _verify_specs():
     return out
 
 
+def _traversal_specs():
+    out = []
+    mod = "rsd_kernels.verify.traversal_triton"
+    for gen, dt, ct, pre, bt in [(True, "bf16", "fp32", True, 32), (False, "fp16", "fp32", False, 64),
+                                 (True, "fp64", "fp64", False, 32), (True, "bf16", "fp32", False, 256)]:
+        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
+               "u_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "stat_ptr": _F[ct], "path_ptr": "*i64",
+               "nacc_ptr": "*i64", "stf_ptr": _F[ct], "sti_ptr": "*i32", "rec_ptr": _F[ct], "passes_ptr": "*i32",
+               "T": "i32", "V": "i32", "P": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
+        const = {"GEN": gen, "CT": ct, "PRE": pre, "BLOCK_T": bt, "BLOCK_V": 4096, "BLOCK_P": 16, "NBP": 8}
+        out.append((mod, "_traversal_walk_kernel", sig, const, 8))
+    for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
+        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
+               "stf_ptr": _F[ct], "sti_ptr": "*i32", "rec_ptr": _F[ct], "part_ptr": _F[ct], "parg_ptr": "*i32",
+               "T": "i32", "V": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
+        out.append((mod, "_traversal_sample_kernel", sig, {"GEN": gen, "CT": ct, "BLOCK_T": 32, "NQ": 256}, 4))
+    return out
+
+
 def _sampling_specs():
     out = []
     for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
@@ -97,7 +116,8 @@ def _attention_specs():
     return out
 
 
-FAMILIES = {"verify": _verify_specs(), "sampling": _sampling_specs(), "attention": _attention_specs()}
+FAMILIES = {"verify": _verify_specs(), "traversal": _traversal_specs(), "sampling": _sampling_specs(),
+            "attention": _attention_specs()}
 
 _SCRIPT = textwrap.dedent(
     """
