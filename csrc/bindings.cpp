@@ -67,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   check_tensor(target_logits, "target_logits", dev, 3);
   const rsd::DType dtype = float_dtype(target_logits, "target_logits");
   const int64_t B = target_logits.size(0), T = target_logits.size(1), V = target_logits.size(2);
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "mode must be 0 (rrs), 1 (kseq) or 2 (greedy), got ", mode);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, "mode must be 0 (rrs), 1 (kseq), 2 (greedy) or 3 (traversal), got ", mode);
   const bool greedy = mode == 2;
   TORCH_CHECK_VALUE(T >= 1 && T < (int64_t(1) << 24), "the tree must have between 1 and 2**24 nodes, got T=", T);
   TORCH_CHECK_VALUE(V >= 1 && V < (int64_t(1) << 31), "the vocabulary must have between 1 and 2**31 - 1 tokens, got ", V);
@@ -78,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     check_dtype(*draft_logits, "draft_logits", target_logits.scalar_type());
     check_shape(*draft_logits, "draft_logits", target_logits.sizes());
   } else {
-    TORCH_CHECK_VALUE(greedy, "draft_logits is required for the rrs and kseq modes");
+    TORCH_CHECK_VALUE(greedy, "draft_logits is required for the rrs, kseq and traversal modes");
   }
   check_tensor(tokens, "tokens", dev, 2);
   check_dtype(tokens, "tokens", at::kLong);
@@ -98,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     check_dtype(*gumbel, "gumbel", at::kFloat);
     check_shape(*gumbel, "gumbel", {B, V});
   }
-  TORCH_CHECK_VALUE(greedy || temperature > 0, "temperature must be > 0 for the rrs and kseq modes, got ", temperature);
+  TORCH_CHECK_VALUE(greedy || temperature > 0, "temperature must be > 0 for the rrs, kseq and traversal modes, got ",
+                    temperature);
   const uint64_t seed_bits = checked_seed(seed, !greedy && !uniform.has_value());
 
   const c10::cuda::CUDAGuard guard(dev);
@@ -107,7 +108,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   at::Tensor num_accepted = at::empty({B}, long_opts);
   at::Tensor next_token = at::empty({B}, long_opts);
   const bool needs_work = !greedy;
-  at::Tensor p_work = at::empty({needs_work ? B : 0, V}, target_logits.options().dtype(compute_dtype(target_logits)));
+  const bool traversal = mode == 3;  // one law vector per depth of the current path
+  at::Tensor p_work = at::empty({needs_work ? B : 0, traversal ? max_depth + 1 : 1, V},
+                                target_logits.options().dtype(compute_dtype(target_logits)));
   at::Tensor q_work = at::empty_like(p_work);
 
   rsd::VerifyArgs a{};
@@ -131,7 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   a.path = path.data_ptr<int64_t>();
   a.num_accepted = num_accepted.data_ptr<int64_t>();
   a.next_token = next_token.data_ptr<int64_t>();
-  check_launch(rsd::launch_verify_tree(a, dtype, c10::cuda::getCurrentCUDAStream().stream()), "verify_tree");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  check_launch(traversal ? rsd::launch_verify_traversal(a, dtype, stream) : rsd::launch_verify_tree(a, dtype, stream),
+               "verify_tree");
   return {path, num_accepted, next_token};
 }
 
@@ -264,7 +269,7 @@ int64_t attention_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rsd_kernels CUDA kernels: verify_tree, sample_topk (Gumbel-top-k), tree_attention";
-  m.def("verify_tree", &verify_tree, "Verify draft trees (one block per row); mode 0 rrs, 1 kseq, 2 greedy",
+  m.def("verify_tree", &verify_tree, "Verify draft trees (one block per row); mode 0 rrs, 1 kseq, 2 greedy, 3 traversal",
         py::arg("target_logits"), py::arg("draft_logits"), py::arg("tokens"), py::arg("parents"), py::arg("num_nodes"),
         py::arg("mode"), py::arg("temperature"), py::arg("max_depth"), py::arg("uniform"), py::arg("gumbel"),
         py::arg("seed"), py::arg("offset"));

@@ -11,7 +11,7 @@ namespace rsd {
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3 };
 
 // ---- verify_tree (verify.cu) ------------------------------------------------------------
-enum class VerifyMode : int { kRRS = 0, kKSeq = 1, kGreedy = 2 };
+enum class VerifyMode : int { kRRS = 0, kKSeq = 1, kGreedy = 2, kTraversal = 3 };
 
 struct VerifyArgs {
   const void* target_logits;  // [B, T, V] of `dtype`
@@ -33,6 +33,9 @@ struct VerifyArgs {
   int64_t* next_token;    // [B] out
 };
 cudaError_t launch_verify_tree(const VerifyArgs& args, DType dtype, cudaStream_t stream);
+// mode kTraversal (verify_traversal.cu): p_work / q_work hold [B, max_depth + 1, V] each (the
+// target and draft laws of the nodes on the current root path, one vector per depth).
+cudaError_t launch_verify_traversal(const VerifyArgs& args, DType dtype, cudaStream_t stream);
 
 // ---- Gumbel-top-k without replacement (sampling.cu) --------------------------------------
 constexpr int kMaxSampleK = 64;  // largest k the register top-k supports

@@ -16,7 +16,7 @@ when ``backend="cuda"`` is asked for. Then the four ops are registered with exac
 signatures of the PyTorch reference launchers (``rsd_kernels/*/reference.py``).
 
 Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` runs one thread block per
-batch row; ``sample_without_replacement`` supports ``k <= 64`` (register top-k);
+batch row (``mode="traversal"``: ``verify_traversal.cu``); ``sample_without_replacement`` supports ``k <= 64`` (register top-k);
 ``stochastic_beam_step`` is the per-beam Gumbel-top-``min(width, V)`` kernel followed by a
 torch merge of the ``N * min(width, V)`` candidates (exact: the global top-``width`` lies in
 the union of the per-beam top-``width``, and the truncated Gumbel is increasing in the
@@ -37,7 +37,7 @@ from .sampling.beam_merge import merge_beam_candidates
 
 __all__ = ["extension", "csrc_dir", "verify", "sample_topk", "beam_step", "tree_attention"]
 
-_MODES = {"rrs": 0, "kseq": 1, "greedy": 2}
+_MODES = {"rrs": 0, "kseq": 1, "greedy": 2, "traversal": 3}
 JIT_NAME = "rsd_kernels_cuda"
 
 

@@ -6,7 +6,7 @@ csrc=$(cd "$here/../../csrc" && pwd)
 out=$1
 mkdir -p "$out"
 cuda_inc=${CUDA_INCLUDE:-/usr/local/cuda/include}
-for f in verify sampling tree_attention; do
+for f in verify verify_traversal sampling tree_attention; do
   # kernel<<<grid, block, smem, stream>>>(a);  ->  emu::launch(kernel, grid, block, smem, a);
   # extern __shared__ T name[];                ->  T* name = (T*)emu::dyn_smem();
   sed -E -e 's/([A-Za-z_][A-Za-z0-9_]*<[^;]*>)<<<([^,]+), ([^,]+), ([^,]+), [^>]+>>>\(a\);/emu::launch(\1, \2, \3, \4, a);/' \
@@ -17,4 +17,5 @@ for f in verify sampling tree_attention; do
 done
 cp "$here/harness.cc" "$out/harness.cc"
 ${CXX:-g++} -std=c++20 -O2 -fPIC -shared -pthread -Wno-attributes -include "$here/host_shim.h" \
-  -I"$csrc" -I"$cuda_inc" "$out/verify.cc" "$out/sampling.cc" "$out/tree_attention.cc" "$out/harness.cc" -o "$out/libemu.so"
+  -I"$csrc" -I"$cuda_inc" "$out/verify.cc" "$out/verify_traversal.cc" "$out/sampling.cc" "$out/tree_attention.cc" \
+  "$out/harness.cc" -o "$out/libemu.so"

@@ -34,7 +34,11 @@ int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens
   a.path = path;
   a.num_accepted = num_accepted;
   a.next_token = next_token;
-  rsd::launch_verify_tree(a, static_cast<rsd::DType>(dtype), nullptr);
+  if (a.mode == rsd::VerifyMode::kTraversal) {  // p_work / q_work: [B, max_depth + 1, V] each
+    rsd::launch_verify_traversal(a, static_cast<rsd::DType>(dtype), nullptr);
+  } else {
+    rsd::launch_verify_tree(a, static_cast<rsd::DType>(dtype), nullptr);
+  }
   return 0;
 }
 
