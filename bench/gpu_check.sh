@@ -12,7 +12,8 @@
 #      6..30; then the projected token-rate table),
 #   5. the table (bench/report.py): each step's status, the microbenchmarks with the floor
 #      fraction of the 4.3 TB/s copy bandwidth and the ratios to SDPA / FlexAttention / the torch
-#      reference, the issue's goals met / MISSED / not measured, and the e2e block times.
+#      reference, the issue's goals met / MISSED / not measured (also issue 19's floor for
+#      verify_tree(mode="traversal"): us per row at B=1, T=31, V=32000), and the e2e block times.
 # The table is printed whatever failed before it. Full results go under $OUT when it is set
 # (env.txt, steps.tsv, build.log, tests.txt, tests.xml, bench.json, bench.txt, e2e/e2e.json,
 # e2e/projected.json, e2e.txt, summary.txt), else under a temporary directory.

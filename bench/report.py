@@ -17,7 +17,8 @@ whatever exists (that is the point: gpu_check.sh calls it whatever failed before
 
 The goals (issue 15, H200): tree attention >= 80% of copy bandwidth at prefix >= 4k, >= 3x SDPA with
 a dense mask and >= FlexAttention there; verify_tree <= 20 us at B=1, V=32000, T=31 and >= 10x the
-torch reference; every backend equal to the reference.
+torch reference; every backend equal to the reference; (issue 19) verify_tree(mode="traversal") <= 40 us
+per row at B=1, V=32000, T=31.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ ATTN_MIN_X_FLEX = 1.0
 VERIFY_SHAPE = "(1, 31, 32000)"
 VERIFY_MAX_US = 20.0
 VERIFY_MIN_X_TORCH = 10.0
+TRAVERSAL_MAX_US = 40.0  # issue 19: verify_tree(mode="traversal"), microseconds per row at VERIFY_SHAPE
 
 
 # ---------------------------------------------------------------- inputs
@@ -142,7 +144,8 @@ def goals(rows, tests, build_failed=False, tests_partial=False):
                 r["goal_misses"] += v < thr
             out.append((f"tree attention {label}, prefix >= 4k", b, f"min {fmt.format(worst)} at {wr['shape']}",
                         "met" if ok else "MISSED"))
-        ver = [r for r in rows if r["op"] == "verify_tree" and r["backend"] == b and r["shape"] == VERIFY_SHAPE]
+        ver = [r for r in rows if r["op"] == "verify_tree" and r["backend"] == b and r["shape"] == VERIFY_SHAPE
+               and r["mode"] != "traversal"]
         if ver:
             worst = max(ver, key=lambda r: r["time_s"])
             us = 1e6 * worst["time_s"]
@@ -164,6 +167,7 @@ def goals(rows, tests, build_failed=False, tests_partial=False):
             for label in (f"verify_tree <= {VERIFY_MAX_US:g} us, B=1 T=31 V=32000",
                           f"verify_tree >= {VERIFY_MIN_X_TORCH:g}x torch reference, B=1 T=31 V=32000"):
                 out.append((label, b, "-", why))
+        out.append(_traversal_goal(rows, b, why))
         t = (tests or {}).get(b)
         if t is None or t["passed"] + t["failed"] == 0:
             out.append(("equal to the reference (kernel tests)", b,
@@ -179,6 +183,19 @@ def goals(rows, tests, build_failed=False, tests_partial=False):
     return out
 
 
+def _traversal_goal(rows, backend, why):
+    """Issue 19's floor: traversal verification at the goal shape, microseconds per row."""
+    label = f"verify_tree traversal <= {TRAVERSAL_MAX_US:g} us/row, B=1 T=31 V=32000"
+    trav = [r for r in rows if r["op"] == "verify_tree" and r["backend"] == backend and r["shape"] == VERIFY_SHAPE
+            and r["mode"] == "traversal"]
+    if not trav:
+        return label, backend, "-", why
+    us = max(1e6 * r["time_s"] / (r.get("rows") or 1) for r in trav)
+    for r in trav:
+        r["goal_misses"] = r.get("goal_misses", 0) + (1e6 * r["time_s"] / (r.get("rows") or 1) > TRAVERSAL_MAX_US)
+    return label, backend, f"{us:.1f} us/row", "met" if us <= TRAVERSAL_MAX_US else "MISSED"
+
+
 # ---------------------------------------------------------------- printing
 
 def _f(v, fmt, dash="-"):
@@ -186,7 +203,7 @@ def _f(v, fmt, dash="-"):
 
 
 def format_bench(rows):
-    fmt = "{:<26} {:<26} {:<6} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
+    fmt = "{:<26} {:<26} {:<9} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
     lines = [fmt.format("op", "shape", "mode", "backend", "time_us", "call_us", "us/row", "GB/s", "of_floor",
                         "x_sdpa", "x_flex", "x_torch", "goal")]
     for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r["mode"], r["backend"])):

@@ -43,6 +43,8 @@ def test_report_goals(tmp_path, capsys):
         _bench("d", "tree_attention", attn, "flex", 1.2 * floor_us / 0.85, nb, prefix=4096),
         _bench("e", "tree_attention", "(8, 32, 8, 32, 128, 2048)", "triton", 1000.0, nb, prefix=2048),  # no goal
     ]
+    rows += [_bench("t", "verify_tree", "(1, 31, 32000)", "triton", 30.0, 1e5, "traversal"),  # its own floor, 40 us
+             _bench("t", "verify_tree", "(1, 31, 32000)", "cuda", 45.0, 1e5, "traversal")]
     for mode in ("rrs", "kseq", "greedy"):
         rows += [_bench("v", "verify_tree", "(1, 31, 32000)", "triton", 15.0, 1e5, mode),
                  _bench("v", "verify_tree", "(1, 31, 32000)", "cuda", 25.0, 1e5, mode),
@@ -66,6 +68,8 @@ def test_report_goals(tmp_path, capsys):
     assert goals[("verify_tree <= 20 us, B=1 T=31 V=32000", "triton")] == "met"
     assert goals[("verify_tree <= 20 us, B=1 T=31 V=32000", "cuda")] == "MISSED"
     assert goals[("verify_tree >= 10x torch reference, B=1 T=31 V=32000", "cuda")] == "met"
+    assert goals[("verify_tree traversal <= 40 us/row, B=1 T=31 V=32000", "triton")] == "met"
+    assert goals[("verify_tree traversal <= 40 us/row, B=1 T=31 V=32000", "cuda")] == "MISSED"
     assert goals[("equal to the reference (kernel tests)", "triton")] == "met"
     assert goals[("equal to the reference (kernel tests)", "cuda")] == "MISSED"
     assert "tests    FAILED (rc 1)" in out and "85%" in out and "no e2e results" in out
@@ -81,7 +85,7 @@ def test_report_without_any_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TIMEOUT (rc 124)" in out and "(no benchmark rows)" in out
     lines = _goal_lines(out)
-    assert len(lines) == 12 and all("not measured" in l for l in lines)
+    assert len(lines) == 14 and all("not measured" in l for l in lines)
     assert all("(build failed)" in l for l in lines if " cuda " in l)
 
 
