@@ -78,7 +78,7 @@ packages += find_packages(where="python", include=["rsd", "rsd.*"])
 setup(
     packages=packages,
     package_dir={"rsd": "python/rsd"},
-    package_data={"rsd": ["draft/weights/*.safetensors", "draft/*.md", "data/*.jsonl", "custom_generate/*.py"], "rsd_kernels": ["csrc/*"]},
+    package_data={"rsd": ["engine/drafts/weights/*.safetensors", "data/*.jsonl", "custom_generate/*.py"], "rsd_kernels": ["csrc/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

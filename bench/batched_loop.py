@@ -48,8 +48,8 @@ def load_pair(tiny, device, dtype):
         lengths = [5, 17, 9, 30, 3, 24, 12, 40]
         prompts = [torch.randint(0, VOCAB - 1, (n,), generator=g).tolist() for n in lengths]
         return tiny_llama(2, 0).to(device), tiny_llama(1, 1).to(device), prompts, "tiny random pair"
-    from rsd.cli_generate import prompt_ids
-    from rsd.models import load_draft, load_target
+    from rsd.engine.models import prompt_ids
+    from rsd.engine.models import load_draft, load_target
 
     tgt = load_target("embedded", dtype=dtype, device=device)
     drf = load_draft("embedded", tgt, dtype=dtype, device=device, log=lambda m: None)
@@ -79,8 +79,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import torch
 
-    from rsd.adapter import ModelAdapter
-    from rsd.generate import generate
+    from rsd.engine.adapter import ModelAdapter
+    from rsd.engine.generate import generate
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)

@@ -18,7 +18,7 @@ for 7B on a GPU). Vocabulary 32000, untied head, context 4096:
 **What is timed.** For AR and, per method, the configurations at budgets 6, 10, 14, 21, 30
 (``rsd_kernels.default_config``: one per method and budget, 20 in all, the configurations the
 committed CPU evaluation measured; ``--configs capped --max-configs N`` adds more), on a fixed random
-prompt (``--prompt-len``, default 512 tokens): ``rsd.generate.Decoder`` ``prefill`` then ``--warmup``
+prompt (``--prompt-len``, default 512 tokens): ``rsd.engine.loop.Decoder`` ``prefill`` then ``--warmup``
 (1) untimed, ``--blocks`` (5; tiny 2) timed and ``--unsynced-blocks`` (2) timed ``step()`` calls. Per block it records every ``*_s`` field of the
 loop's ``BlockStats`` (today ``draft_s``, ``target_s`` = the target verification forward,
 ``verify_s``; a ``cache_s`` or other part the engine reports is picked up by name), the block's wall
@@ -187,7 +187,7 @@ def time_blocks(target, draft, prompt, method, config, *, blocks, warmup, attent
                 set_sync=lambda on: None):
     """Prefill once, then ``warmup`` + ``blocks`` + ``unsynced`` greedy ``Decoder.step`` calls; the
     timed blocks' records (``set_sync(False)`` for the last ``unsynced``, marked ``"unsynced": True``)."""
-    from rsd.generate import Decoder
+    from rsd.engine.loop import Decoder
 
     sync = _sync_fn(device)
     dec = Decoder(target, draft if method != "ar" else None, method, config, temperature=0.0, seed=0,

@@ -65,6 +65,19 @@ class _Clock:
             self.acc[k] = 0.0
 
 
+def first_module(*names):
+    """The first importable of ``names``: this layout's module (``rsd.engine.*``) or an older
+    checkout's (``--before DIR``)."""
+    import importlib
+
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    raise ModuleNotFoundError(" / ".join(names))
+
+
 def _load_pair(tiny, draft_spec="embedded"):
     import torch
 
@@ -73,10 +86,9 @@ def _load_pair(tiny, draft_spec="embedded"):
         from eval_tiny_pair import VOCAB, tiny_llama
 
         return tiny_llama(2, 0), tiny_llama(1, 1), None, VOCAB
-    from rsd.models import load_draft, load_target
-
-    tgt = load_target("embedded")
-    drf = load_draft(draft_spec, tgt, log=lambda m: None)
+    models = first_module("rsd.engine.models", "rsd.models")
+    tgt = models.load_target("embedded")
+    drf = models.load_draft(draft_spec, tgt, log=lambda m: None)
     torch.set_grad_enabled(False)
     return tgt.model, drf.model, tgt.tokenizer, tgt.model.config.vocab_size
 
@@ -102,10 +114,9 @@ def child(args):
 
     torch.set_num_threads(1)
     import rsd_kernels
-    import importlib
 
-    adapter_mod = importlib.import_module("rsd.adapter")
-    gen = importlib.import_module("rsd.generate")  # the module (rsd.generate is also the function)
+    adapter_mod = first_module("rsd.engine.adapter", "rsd.adapter")
+    gen = first_module("rsd.engine.loop", "rsd.generate")  # the single-prompt loop (Decoder, _verify)
     ModelAdapter = adapter_mod.ModelAdapter
 
     target, draft, tok, vocab = _load_pair(args.tiny, args.draft)
@@ -115,7 +126,7 @@ def child(args):
     clock.wrap(draft, "forward", "draft")
     if hasattr(gen, "_verify"):  # this engine
         clock.wrap(gen, "_verify", "verify")
-        kvc = importlib.import_module("rsd.kvcache")
+        kvc = first_module("rsd.engine.kvcache", "rsd.kvcache")
         clock.wrap(kvc.KVBuffer, "move_tail", "cache")
     else:  # the loop before it: verify_tree inside the block, ModelAdapter.keep for both caches
         clock.wrap(rsd_kernels, "verify_tree", "verify")
@@ -237,7 +248,7 @@ def main(argv=None):
     ap.add_argument("--lengths", default=None, help="prompt lengths (default 40,500,1500; --tiny: 40,200)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--budget", type=int, default=10)
-    ap.add_argument("--draft", default="embedded", help="draft spec of the embedded target (rsd.models.load_draft: "
+    ap.add_argument("--draft", default="embedded", help="draft spec of the embedded target (rsd.engine.models.load_draft: "
                     "embedded, eagle:PATH, truncated:N)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples (seed 0)")
     ap.add_argument("--blocks", type=int, default=None, help="measured blocks per method (default 8; --tiny 3)")

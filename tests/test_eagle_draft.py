@@ -1,14 +1,14 @@
-"""The EAGLE-style draft (rsd.draft.eagle), its training pipeline and its offline metrics, on tiny random models."""
+"""The EAGLE-style draft (rsd.engine.drafts.eagle), its training pipeline and its offline metrics, on tiny random models."""
 import os
 import time
 
 import pytest
 import torch
 
-from rsd.draft import eagle as E
-from rsd.draft import train_eagle as TE
-from rsd.draft.evaluate_eagle import depth_block_efficiency
-from rsd.draft.train import tiny_target
+from rsd.engine.drafts import eagle as E
+from rsd.train import eagle as TE
+from rsd.train.evaluate_eagle import depth_block_efficiency
+from rsd.train.draft import tiny_target
 
 V, H = 512, 64
 
@@ -261,7 +261,7 @@ def test_auto_dtypes_follow_the_cpu(monkeypatch):
     choices and --fp32 are kept."""
     import argparse
 
-    from rsd.draft import train as T
+    from rsd.train import draft as T
 
     for fast, gen, fp32 in ((True, "bfloat16", False), (False, "float32", True)):
         monkeypatch.setattr(T, "_BF16_FAST", fast)

@@ -1,13 +1,13 @@
-"""EAGLE-3-style target features (rsd.draft.eagle with ``feature_layers``): the draft also reads some
-of the target's decoder layers' outputs. Tiny random models (rsd.draft.train.tiny_target: 3 layers)."""
+"""EAGLE-3-style target features (rsd.engine.drafts.eagle with ``feature_layers``): the draft also reads some
+of the target's decoder layers' outputs. Tiny random models (rsd.train.draft.tiny_target: 3 layers)."""
 import pytest
 import torch
 
-from rsd.adapter import ModelAdapter
-from rsd.draft import eagle as E
-from rsd.draft import train_eagle as TE
-from rsd.draft.eagle import LayerTap
-from rsd.draft.train import tiny_target
+from rsd.engine.adapter import ModelAdapter
+from rsd.engine.drafts import eagle as E
+from rsd.train import eagle as TE
+from rsd.engine.drafts.eagle import LayerTap
+from rsd.train.draft import tiny_target
 
 V, H = 512, 64
 

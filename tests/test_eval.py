@@ -149,7 +149,7 @@ class _PlainDraft(__import__("torch").nn.Module):
 
 def test_peer_reports_na_for_a_non_hf_draft(pair, tmp_path):
     from rsd.eval.runner import EvalSettings, Pair, count_params, eos_ids, run_grid
-    from rsd.models import load_draft, load_target
+    from rsd.engine.models import load_draft, load_target
 
     t = load_target(pair[0])
     d = load_draft(pair[1], t)
@@ -195,7 +195,7 @@ def test_peer_honours_the_budget(pair):
 
     from rsd.eval.peer import hf_generate
     from rsd.eval.runner import EvalSettings, Pair, count_params, eos_ids
-    from rsd.models import load_target
+    from rsd.engine.models import load_target
 
     t = load_target(pair[0])
     draft = copy.deepcopy(t.model)

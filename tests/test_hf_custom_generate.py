@@ -101,17 +101,17 @@ def test_bad_calls_are_refused(pair):
 def test_rows_are_decoded_in_one_batch(pair, monkeypatch):
     """The entry point runs the batched loop once for all rows; with sampling, row 0 equals
     rsd.generate of its prompt with the same seed (batch row 0's Philox streams)."""
-    import rsd.batched
+    import rsd.engine.batched
 
     target, draft = pair
     calls = []
-    real = rsd.batched.generate_batch
+    real = rsd.engine.batched.generate_batch
 
     def spy(t, d, prompts, *a, **kw):
         calls.append([list(p) for p in prompts])
         return real(t, d, prompts, *a, **kw)
 
-    monkeypatch.setattr(rsd.batched, "generate_batch", spy)
+    monkeypatch.setattr(rsd.engine.batched, "generate_batch", spy)
     ids, mask = _left_padded(PROMPTS, pad=0)
     out = _rsd(target, draft, ids, attention_mask=mask, method="rsd-c", budget=6, do_sample=True, temperature=1.0,
                top_k=0, seed=5)
@@ -122,7 +122,7 @@ def test_rows_are_decoded_in_one_batch(pair, monkeypatch):
 
 def test_eagle_draft_through_custom_generate(pair):
     """An EAGLE feature-level draft as ``draft_model``: greedy rows equal ``generate(do_sample=False)``."""
-    from rsd.draft.eagle import init_eagle_from_target
+    from rsd.engine.drafts.eagle import init_eagle_from_target
 
     target, _ = pair
     eagle = init_eagle_from_target(target, torch.arange(target.config.vocab_size), 1).eval()

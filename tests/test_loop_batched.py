@@ -21,8 +21,8 @@ from scipy.stats import chisquare
 
 import rsd_kernels
 from loop_models import BiasedDraft, always_accept_first_child, tiny_llama as small_llama
-from rsd.batched import BatchDecoder, BatchGenerationResult
-from rsd.generate import generate
+from rsd.engine.batched import BatchDecoder, BatchGenerationResult
+from rsd.engine.generate import generate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from eval_tiny_pair import tiny_llama  # noqa: E402
@@ -263,7 +263,7 @@ def test_sampling_row_zero_equals_single_prompt(target, biased, method, config, 
 
 
 def test_batch_kv_buffer_unit():
-    from rsd.kvcache import BatchKVBuffer
+    from rsd.engine.kvcache import BatchKVBuffer
 
     c = BatchKVBuffer(num_layers=2, batch=3, capacity=4)
     k = torch.arange(3 * 1 * 5 * 2, dtype=torch.float32).view(3, 1, 5, 2)

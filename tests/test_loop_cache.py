@@ -5,8 +5,8 @@ import torch
 
 from conftest import kernel_backend_params
 from loop_models import BiasedDraft, chat_ids, embedded_draft, embedded_target
-from rsd.adapter import ModelAdapter
-from rsd.generate import Decoder
+from rsd.engine.adapter import ModelAdapter
+from rsd.engine.loop import Decoder
 from rsd_kernels import DraftTree
 
 ATOL = 2e-3  # fp32 logits (magnitudes ~10-30) after several blocks of compaction

@@ -4,8 +4,8 @@ the draft recomputed from scratch on the committed tokens with the target's feat
 predicted features), and the chi-square exactness of the first sampled token with a broken-verifier
 negative control.
 
-Tiny target: rsd.draft.train.tiny_target (V = 512, H = 64, 3 layers); the draft: the copy-init EAGLE
-draft of that target (rsd.draft.eagle.init_eagle_from_target) over every third token id, with its
+Tiny target: rsd.train.draft.tiny_target (V = 512, H = 64, 3 layers); the draft: the copy-init EAGLE
+draft of that target (rsd.engine.drafts.eagle.init_eagle_from_target) over every third token id, with its
 weights perturbed so that every input (token, feature) matters.
 """
 import pytest
@@ -13,10 +13,11 @@ import torch
 from scipy.stats import chisquare
 
 import rsd_kernels
-from rsd.draft import eagle as E
-from rsd.draft.eagle import LayerTap
-from rsd.draft.train import tiny_target
-from rsd.generate import Decoder, generate
+from rsd.engine.drafts import eagle as E
+from rsd.engine.drafts.eagle import LayerTap
+from rsd.train.draft import tiny_target
+from rsd.engine.generate import generate
+from rsd.engine.loop import Decoder
 
 from loop_models import always_accept_first_child, greedy_by_recompute
 
@@ -180,7 +181,7 @@ def test_broken_verifier_is_caught(target, dense_draft, monkeypatch):
 
 # ------------------------------------------------------------------------------ loading, refusals
 def test_load_draft_eagle_spec_round_trip(target, draft, reference, tmp_path):
-    from rsd.models import LoadedModel, load_draft
+    from rsd.engine.models import LoadedModel, load_draft
 
     path = E.export_eagle(draft, str(tmp_path / "eagle.safetensors"))
     loaded = load_draft(f"eagle:{path}", LoadedModel(target, None, "tiny"), log=lambda m: None)
@@ -201,7 +202,7 @@ def test_batched_rows_equal_single_prompt(method, config, target, draft, monkeyp
     the single-prompt tokens with the same per-block acceptance, and the draft's q at every node of
     its trees equals the single-prompt loop's, whichever prompt it holds, while the other rows (other
     lengths, other acceptance) share its forwards."""
-    from rsd.batched import generate_batch
+    from rsd.engine.batched import generate_batch
 
     singles = [generate(target, draft, p, method, config, max_new_tokens=N_TOKENS) for p in BATCH_PROMPTS]
     res = generate_batch(target, draft, BATCH_PROMPTS, method, config, max_new_tokens=N_TOKENS)
@@ -246,7 +247,7 @@ def test_shipped_eagle_draft_greedy_exact_on_embedded_target():
     """``--draft embedded-eagle`` on the embedded target: greedy equality for every method, and the
     trained draft is accepted (more than one token per block on average)."""
     from loop_models import chat_ids, embedded_target
-    from rsd.models import load_draft
+    from rsd.engine.models import load_draft
 
     tgt = embedded_target()
     drf = load_draft("embedded-eagle", tgt, log=lambda m: None)

@@ -5,7 +5,7 @@ target (partial acceptance)."""
 import pytest
 
 from loop_models import BiasedDraft, chat_ids, embedded_draft, embedded_target, greedy_by_recompute
-from rsd.generate import generate
+from rsd.engine.generate import generate
 
 N = 12
 CONFIGS = [("sd", "3"), ("spectr", "2x2"), ("rsd-c", "2,1"), ("rsd-s", "2x3")]
@@ -76,7 +76,7 @@ def test_bfloat16_draft_with_float32_target_greedy_exact(reference):
     """A draft in another dtype than the target (rsd generate --draft-dtype bfloat16)."""
     import torch
 
-    from rsd.models import load_draft
+    from rsd.engine.models import load_draft
 
     drf = load_draft("embedded", embedded_target(), dtype="bfloat16", log=lambda m: None)
     assert next(drf.model.parameters()).dtype == torch.bfloat16

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from loop_models import embedded_target, greedy_by_recompute, tiny_llama
-from rsd.generate import ALL_METHODS, generate, resolve_config
-from rsd.models import LoadedModel, check_compatible
+from rsd.engine.configs import ALL_METHODS, resolve_config
+from rsd.engine.generate import generate
+from rsd.engine.models import LoadedModel, check_compatible
 
 
 @pytest.fixture(scope="module")
@@ -123,11 +124,11 @@ def test_cli_bad_input_exits_2(capsys):
 
 @pytest.mark.slow
 def test_cli_generate_json(monkeypatch, capsys):
-    import rsd.models
+    import rsd.engine.models
     from rsd.cli import main
 
     target = embedded_target()  # cached per session; the CLI would load it again
-    monkeypatch.setattr(rsd.models, "load_target", lambda *a, **k: target)
+    monkeypatch.setattr(rsd.engine.models, "load_target", lambda *a, **k: target)
     rc = main(["generate", "What is 2+2?", "--method", "rsd-s", "--budget", "6", "--draft", "truncated:2",
                "--max-new-tokens", "6", "--json"])
     assert rc == 0
@@ -141,11 +142,11 @@ def test_cli_generate_json(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_cli_generate_text(monkeypatch, capsys):
-    import rsd.models
+    import rsd.engine.models
     from rsd.cli import main
 
     target = embedded_target()  # cached per session; the CLI would load it again
-    monkeypatch.setattr(rsd.models, "load_target", lambda *a, **k: target)
+    monkeypatch.setattr(rsd.engine.models, "load_target", lambda *a, **k: target)
     assert main(["generate", "What is 2+2?", "--chain", "2", "--draft", "truncated:2", "--max-new-tokens", "4",
                  "--no-baseline"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -180,7 +181,7 @@ def test_draft_with_zero_probability_tokens(tiny_pair, method, config):
 @pytest.mark.slow
 def test_load_from_local_folder(tmp_path):
     """--target/--draft accept a local folder (the same code path as a Hugging Face model id)."""
-    from rsd.models import load_draft, load_target
+    from rsd.engine.models import load_draft, load_target
 
     tok = embedded_target().tokenizer
     model = tiny_llama(vocab_size=len(tok), max_positions=128)

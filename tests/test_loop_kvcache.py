@@ -1,14 +1,15 @@
-"""The decoding engine's preallocated KV cache (rsd.kvcache.KVBuffer): in-place writes, tail-only
+"""The decoding engine's preallocated KV cache (rsd.engine.kvcache.KVBuffer): in-place writes, tail-only
 compaction against recomputation (with negative controls that a wrong compaction is caught),
 growth, and the attention calls (no mask where causal order suffices, GQA kept)."""
 import pytest
 import torch
 
-import rsd.adapter as adapter_mod
+import rsd.engine.adapter as adapter_mod
 from loop_models import BiasedDraft, greedy_by_recompute, tiny_llama
-from rsd.adapter import ModelAdapter
-from rsd.generate import Decoder, generate
-from rsd.kvcache import KVBuffer
+from rsd.engine.adapter import ModelAdapter
+from rsd.engine.generate import generate
+from rsd.engine.loop import Decoder
+from rsd.engine.kvcache import KVBuffer
 
 
 def _filled(n, layers=3, H=2, D=4, capacity=8):
@@ -121,7 +122,7 @@ def test_compacted_cache_equals_recomputed_kv(method, config):
 def test_wrong_compaction_is_caught(monkeypatch):
     """Negative control: a compaction that keeps the right number of positions but not the
     accepted path's (here: the first nodes in slot order) fails the recomputation check."""
-    from rsd.kvcache import KVBuffer as KB
+    from rsd.engine.kvcache import KVBuffer as KB
 
     good = KB.move_tail
 

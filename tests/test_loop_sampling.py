@@ -19,7 +19,7 @@ from scipy.stats import chisquare
 
 import rsd_kernels
 from loop_models import BiasedDraft, always_accept_first_child, chat_ids, embedded_target
-from rsd.generate import Decoder
+from rsd.engine.loop import Decoder
 
 N = 80
 ALPHA = 1e-3

@@ -22,7 +22,7 @@ when sampling; 0 disables it), ``top_p``, ``max_new_tokens`` / ``max_length``, `
 return sequences, a logits processor, stopping criteria, a streamer, scores, ...) raise
 ``ValueError`` naming them instead of being ignored.
 
-All rows are decoded together by the batched loop (:func:`rsd.batched.generate_batch`: one tree
+All rows are decoded together by the batched loop (:func:`rsd.engine.batched.generate_batch`: one tree
 per row per block, batched forwards, rows leave the batch when they stop); row r draws from the
 Philox streams of ``seed`` at batch row r (a batch of one row equals :func:`rsd.generate` of
 that prompt with the same seed).
@@ -57,12 +57,12 @@ def generate(model, inputs=None, generation_config=None, *, draft_model=None, me
 
     Args beyond ``generate``'s own: ``draft_model`` (needed unless ``method="ar"``), ``method``
     (``ar``, ``sd``, ``spectr``, ``rsd-c``, ``rsd-s``), ``budget`` or ``config`` (the tree; see
-    :func:`rsd.generate.resolve_config`), ``seed`` (Philox seed; rows use disjoint counters of it),
+    :func:`rsd.engine.configs.resolve_config`), ``seed`` (Philox seed; rows use disjoint counters of it),
     ``attention`` and ``backend`` as in :func:`rsd.generate`.
     """
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-    from .batched import generate_batch
+    from .engine.batched import generate_batch
 
     for name in _UNSUPPORTED_ARGS:
         if kwargs.pop(name, None) not in (None, False):

@@ -142,8 +142,8 @@ class EvalSettings:
 
 def draft_weights_digest(spec: str = "embedded") -> str | None:
     """First 16 hex digits of the SHA-256 of the weights file behind ``spec``
-    (:func:`rsd.models.draft_weights_path`); ``None`` for other specs or a missing file."""
-    from ..models import draft_weights_path
+    (:func:`rsd.engine.models.draft_weights_path`); ``None`` for other specs or a missing file."""
+    from ..engine.models import draft_weights_path
 
     path = draft_weights_path(spec)
     if path is None or not os.path.exists(path):
@@ -259,7 +259,7 @@ class Pair:
 
 
 def load_pair(settings: EvalSettings, log=print) -> Pair:
-    from rsd.models import load_draft, load_target
+    from rsd.engine.models import load_draft, load_target
 
     tgt = load_target(settings.target, dtype=settings.dtype)
     drf = load_draft(settings.draft, tgt, dtype=settings.dtype, log=log)
@@ -271,7 +271,7 @@ def load_pair(settings: EvalSettings, log=print) -> Pair:
 # ---------------------------------------------------------------- one configuration over a data set
 
 def _decode_set(pair: Pair, adapters, prompts, settings: EvalSettings, method, config, seed0, bar):
-    from rsd.generate import generate
+    from rsd.engine.generate import generate
 
     outs = []
     for i, ids in enumerate(prompts):
@@ -331,7 +331,7 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
     """Run (or resume) the grid; returns the results dict, also saved at ``out_path``."""
     import torch
 
-    from rsd.adapter import ModelAdapter
+    from rsd.engine.adapter import ModelAdapter
 
     from .peer import hf_generate
 

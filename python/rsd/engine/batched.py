@@ -1,16 +1,16 @@
 """Batched decoding: several prompts of different lengths in one loop (``ar``, SD, SpecTr, RSD-C, RSD-S).
 
-The same engine as single-prompt decoding (:mod:`rsd.generate`): the same tree building
+The same engine as single-prompt decoding (:mod:`rsd.engine.loop`): the same tree building
 (:func:`rsd_kernels.build_tree`, batched), verification (:func:`rsd_kernels.verify_tree`,
 batched; greedy: one batched argmax compare), cache invariant and randomness, with a
-:class:`~rsd.kvcache.BatchKVBuffer` per model instead of a :class:`~rsd.kvcache.KVBuffer`.
+:class:`~rsd.engine.kvcache.BatchKVBuffer` per model instead of a :class:`~rsd.engine.kvcache.KVBuffer`.
 
 Per block: **one** batched draft forward per tree level (every row's nodes of that level),
 **one** batched verification forward (every row's tree), then ragged acceptance per row: each
 row keeps its own prefix length, positions (row length + depth), pending draft tokens and cache
-compaction (:meth:`~rsd.kvcache.BatchKVBuffer.move_tails`: only the accepted paths move, all
+compaction (:meth:`~rsd.engine.kvcache.BatchKVBuffer.move_tails`: only the accepted paths move, all
 rows and layers in one gather). Rows that finish (EOS, ``max_new_tokens``, context) leave the
-batch: both caches drop their rows (:meth:`~rsd.kvcache.BatchKVBuffer.select_rows`).
+batch: both caches drop their rows (:meth:`~rsd.engine.kvcache.BatchKVBuffer.select_rows`).
 
 Forwards: row b's n new tokens are written at their own slots (``length_b + j``, or a
 right-aligned chain), the attention runs over ``[:max slot + 1]`` with a bool mask (row b sees
@@ -38,13 +38,13 @@ import torch
 import rsd_kernels
 
 from .adapter import ModelAdapter
-from .generate import (BlockStats, Decoder, GenerationResult, _eos_set, _prompt_tensor, _Timed, cut_new_tokens,
-                       final_slots, split_draft_path)
+from .loop import Decoder, _prompt_tensor, final_slots, split_draft_path
+from .results import BlockStats, GenerationResult, Timed, cut_new_tokens, eos_set
 from .kvcache import BatchKVBuffer
 
 
 @dataclass
-class BatchGenerationResult(_Timed):
+class BatchGenerationResult(Timed):
     """The result of :func:`generate_batch`: one :class:`GenerationResult` per prompt (input order).
 
     A row's ``blocks`` carry the wall times of the batched blocks it took part in, so a row's
@@ -142,7 +142,7 @@ def _mask(P, start, local, qreal, S):
 
 class _BatchDraftLevels:
     """The batched ``draft_fn`` of :func:`rsd_kernels.build_tree` (see ``_DraftLevels`` in
-    :mod:`rsd.generate`): level 0 feeds each row's ``pending + [root]`` as a right-aligned chain
+    :mod:`rsd.engine.loop`): level 0 feeds each row's ``pending + [root]`` as a right-aligned chain
     (the root is the last column of every row: logits of one row each); level l > 0 feeds every
     row's nodes to expand, packed to the left, in one forward."""
 
@@ -235,7 +235,7 @@ class _BatchDraftLevels:
 
 
 class _BatchEagleLevels(_BatchDraftLevels):
-    """:class:`_BatchDraftLevels` for an EAGLE draft (see ``_EagleLevels`` in :mod:`rsd.generate`):
+    """:class:`_BatchDraftLevels` for an EAGLE draft (see ``_EagleLevels`` in :mod:`rsd.engine.loop`):
     level 0 feeds each row's ``pending + [root]`` with ``feats[b]`` (their predecessors' target
     features), a node of level l > 0 its parent's predicted feature (``pred [B, T, H]``)."""
 
@@ -264,7 +264,7 @@ class _BatchEagleLevels(_BatchDraftLevels):
 
 
 class BatchDecoder:
-    """The decoding state of a batch of prompts (arguments as in :class:`rsd.generate.Decoder`)."""
+    """The decoding state of a batch of prompts (arguments as in :class:`rsd.engine.loop.Decoder`)."""
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, **kw):
         self.dec = Decoder(target, draft, method, config, budget, **kw)
@@ -481,7 +481,7 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
                        seed=seed, attention=attention, backend=backend)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    eos = _eos_set(eos_token_id)
+    eos = eos_set(eos_token_id)
     rows = [GenerationResult([], method, dec.config, seed=dec.seed) for _ in prompts]
     out = BatchGenerationResult(rows, method)
     out.prefill_s = dec.prefill(prompts)

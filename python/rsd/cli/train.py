@@ -1,5 +1,5 @@
 """``rsd train-draft ARGS...`` and ``rsd train-eagle ARGS...``: forward ARGS to the ``main(argv)`` of
-``rsd.draft.train`` (the independent draft) and ``rsd.draft.train_eagle`` (the EAGLE-style draft).
+``rsd.train.draft`` (the independent draft) and ``rsd.train.eagle`` (the EAGLE-style draft).
 
 Importing this module fails (and the CLI marks both subcommands unavailable with the reason)
 when either training module is not importable.
@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 
-import rsd.draft.train  # noqa: F401  (import error = subcommands unavailable)
-import rsd.draft.train_eagle  # noqa: F401
+import rsd.train.draft  # noqa: F401  (import error = subcommands unavailable)
+import rsd.train.eagle  # noqa: F401
 
 TRAINERS = {
-    "train-draft": ("rsd.draft.train", "train the embedded draft"),
-    "train-eagle": ("rsd.draft.train_eagle", "train the EAGLE-style (feature-level) draft"),
+    "train-draft": ("rsd.train.draft", "train the embedded draft"),
+    "train-eagle": ("rsd.train.eagle", "train the EAGLE-style (feature-level) draft"),
 }
 
 

@@ -1,15 +1,15 @@
-"""Train the EAGLE-style draft (:mod:`rsd.draft.eagle`) for the embedded target.
+"""Train the EAGLE-style draft (:mod:`rsd.engine.drafts.eagle`) for the embedded target.
 
-    python -m rsd.draft.train_eagle --out /work/eagle-run [--budget-minutes 90] [--threads 2]
-    python -m rsd.draft.train_eagle --out /tmp/tiny --tiny       # seconds; CI smoke test
+    python -m rsd.train.eagle --out /work/eagle-run [--budget-minutes 90] [--threads 2]
+    python -m rsd.train.eagle --out /tmp/tiny --tiny       # seconds; CI smoke test
     rsd train-eagle ...                                          # the same
 
 Phases, each resumable (rerun the same command to continue after an interruption):
 
 1. **data** -- per shard (one batch of prompts): the target's own samples at temperature 1
-   with top-k soft labels, written by :func:`rsd.draft.train.sample_batch` exactly as for
+   with top-k soft labels, written by :func:`rsd.train.draft.sample_batch` exactly as for
    the independent draft (``data/shard_XXXX.pt``; ``--samples-from DIR`` reuses the shards
-   of an earlier ``rsd.draft.train`` or ``train_eagle`` run), plus the target's last
+   of an earlier ``rsd.train.draft`` or ``train_eagle`` run), plus the target's last
    (post-norm) hidden state at every position in bfloat16 (``feat/shard_XXXX.pt``). The
    features are a by-product of the sampling forwards (``sample_batch(features=True)``,
    free); for reused shards, or with ``--teacher-forced-features``, they come from one
@@ -18,16 +18,16 @@ Phases, each resumable (rerun the same command to continue after an interruption
    ``--gen-dtype``. Sampling stops at ``--data-frac`` of the budget.
 2. **vocab** -- the restricted head's ids: chosen from the data as for the independent
    draft, or ``--kept-ids shipped`` to take the shipped draft's (useful with little data).
-3. **train** -- :func:`rsd.draft.eagle.unrolled_forward` over ``--unroll`` streams (stream
+3. **train** -- :func:`rsd.engine.drafts.eagle.unrolled_forward` over ``--unroll`` streams (stream
    0 reads the target's features, stream k the draft's own predicted features of stream
    k-1, with the attention a depth-k tree node would have); per stream the loss is the
-   bucketed KL of :func:`rsd.draft.train.distill_loss` + ``--feat-weight`` x smooth-L1
+   bucketed KL of :func:`rsd.train.draft.distill_loss` + ``--feat-weight`` x smooth-L1
    between the predicted and the target's feature, weighted ``--step-decay ** k``.
    Optional uniform noise on the target features (``--feat-noise``). AdamW, warm-up,
    cosine decay to 10%, bfloat16 autocast where it is faster (``--precision``), ``ckpt.pt`` every ``--ckpt-every`` steps.
 4. **export** -- ``eagle.safetensors`` (fp16, no token embedding; <= 25 MB for 2 layers).
 
-``--budget-minutes`` caps the whole run as in :mod:`rsd.draft.train`.
+``--budget-minutes`` caps the whole run as in :mod:`rsd.train.draft`.
 """
 from __future__ import annotations
 
@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .eagle import EagleDraft, LayerTap, export_eagle, init_eagle_from_target, unrolled_forward
-from .train import EOS_ID, collate, distill_loss, generation_model, resolve_dtypes, run_kept_ids, run_training, sample_batch, start_run
+from ..engine.drafts.eagle import EagleDraft, LayerTap, export_eagle, init_eagle_from_target, unrolled_forward
+from .draft import EOS_ID, collate, distill_loss, generation_model, resolve_dtypes, run_kept_ids, run_training, sample_batch, start_run
 
 
 # ----------------------------------------------------------------------------- data
@@ -95,7 +95,7 @@ def generate_eagle_data(target, prompt_ids, out_dir, *, samples_per_prompt, batc
                 shutil.copy(p, dst)
     counts = samples_per_prompt if isinstance(samples_per_prompt, list) else [samples_per_prompt] * len(prompt_ids)
     jobs = [i for i in range(len(prompt_ids)) for _ in range(counts[i])]
-    random.Random(seed).shuffle(jobs)  # same shard layout as rsd.draft.train
+    random.Random(seed).shuffle(jobs)  # same shard layout as rsd.train.draft
     shards = [sorted(jobs[s:s + batch_size], key=lambda i: len(prompt_ids[i]))
               for s in range(0, len(jobs), batch_size)]
     n = max(len(shards), len(glob.glob(os.path.join(data_dir, "shard_*.pt"))))
@@ -221,7 +221,7 @@ def eagle_loss(draft, batch, *, unroll, feat_weight, step_decay, noise=0.0, bf16
 def train_eagle(draft: EagleDraft, records, out_dir, *, epochs, lr, max_tokens, warmup, ckpt_every, seed, deadline,
                 unroll=2, feat_weight=1.0, step_decay=0.8, noise=0.0, bf16=True, detach=False,
                 hard_deadline=None, max_steps=None, log=None) -> EagleDraft:
-    """Phase 3 (:func:`rsd.draft.train.run_training`); resumes from ``out_dir/ckpt.pt``. ``log`` (a
+    """Phase 3 (:func:`rsd.train.draft.run_training`); resumes from ``out_dir/ckpt.pt``. ``log`` (a
     list) receives one dict per step."""
     kept, V = draft.kept_ids, draft.config.vocab_size
     last = {}
@@ -247,7 +247,7 @@ def train_eagle(draft: EagleDraft, records, out_dir, *, epochs, lr, max_tokens, 
 
 # ----------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rsd.draft.train_eagle", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rsd.train.eagle", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="run folder: data + feature shards, checkpoint, eagle.safetensors")
     ap.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock cap for the whole run")
     ap.add_argument("--tiny", action="store_true", help="tiny random target, few tokens: a smoke test")
@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "--kept-ids shipped); extra feature layers start unused")
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--init", choices=("copy", "mean"), default="copy",
-                    help="copy: start as f^_t = f_{t-1} (see rsd.draft.eagle.init_eagle_from_target)")
+                    help="copy: start as f^_t = f_{t-1} (see rsd.engine.drafts.eagle.init_eagle_from_target)")
     ap.add_argument("--unroll", type=int, default=2, help="streams trained: 1 = target features only (EAGLE-1)")
     ap.add_argument("--feat-weight", type=float, default=1.0)
     ap.add_argument("--step-decay", type=float, default=0.8)
@@ -331,7 +331,7 @@ def _given_kept_ids(spec, out_dir):
     if spec == "shipped":
         from safetensors import safe_open
 
-        from . import WEIGHTS_PATH
+        from ..engine.drafts import WEIGHTS_PATH
         with safe_open(WEIGHTS_PATH, framework="pt") as f:
             return f.get_tensor("kept_ids")
     return torch.load(spec)

@@ -1,6 +1,6 @@
 """The embedded draft: a 2-layer Llama backbone with a restricted output head.
 
-Architecture (see ``MODEL_CARD.md`` for the measured numbers):
+Architecture (see ``docs/draft-model-card.md`` for the measured numbers):
 
 * ``self.model`` is a genuine ``transformers`` :class:`~transformers.LlamaModel` with the
   target's hidden size (576), attention layout (9 query heads, 3 KV heads, head dim 64),

@@ -18,7 +18,7 @@ smooth-L1 regression, as EAGLE) and is the feature the children of node ``t`` us
 token embedding is the target's, frozen and not shipped. The backbone is a genuine
 ``transformers.LlamaModel`` (``inputs_embeds`` = the fused input), so it takes
 ``past_key_values`` (``DynamicCache``), ``position_ids`` and 2D or 4D (tree) masks
-exactly like the target and like :class:`rsd.draft.model.RestrictedHeadDraft`.
+exactly like the target and like :class:`rsd.engine.drafts.restricted.RestrictedHeadDraft`.
 
 The feature is the *post-norm* hidden state (EAGLE's choice, not the raw residual stream):
 it is what a verification forward gives for free (``output_hidden_states=True`` ->
@@ -73,7 +73,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.utils import ModelOutput
 
-from .model import RestrictedHead, config_from_json, config_to_json, draft_config_from_target
+from .restricted import RestrictedHead, config_from_json, config_to_json, draft_config_from_target
 
 FORMAT = "rsd-eagle-draft-v1"
 

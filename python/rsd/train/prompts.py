@@ -3,8 +3,8 @@
 Four kinds of requests: German->English translation, summarization of short news-like
 paragraphs (invented, written for this file), instructions, and open chat.
 ``TRAIN_PROMPTS`` (160 prompts) and ``TOPIC_PROMPTS`` (90 topics x 12 instruction/chat
-templates = 1080 prompts) are used by :mod:`rsd.draft.train`; ``HELDOUT_PROMPTS`` (34) is
-used only by :mod:`rsd.draft.evaluate`. The held-out items below the ``# held-out``
+templates = 1080 prompts) are used by :mod:`rsd.train.draft`; ``HELDOUT_PROMPTS`` (34) is
+used only by :mod:`rsd.train.evaluate`. The held-out items below the ``# held-out``
 markers share no sentence, paragraph, instruction or chat message with the training
 prompts, and no topic of ``TOPIC_PROMPTS`` is the subject of a held-out prompt.
 Each entry is ``(category, user_message)``.

@@ -1,6 +1,6 @@
 """Measure a draft against the embedded target on held-out prompts (CPU, temperature 1).
 
-    python -m rsd.draft.evaluate [--weights PATH] [--threads 2] [--json OUT.json]
+    python -m rsd.train.evaluate [--weights PATH] [--threads 2] [--json OUT.json]
 
 For the shipped draft and for the layer-truncated stand-in (the target's first 2 layers,
 its final norm and its full tied head) it reports:
@@ -9,7 +9,7 @@ its final norm and its full tied head) it reports:
   ``1 - TV(p, q)``, where ``p``/``q`` are the target's/draft's full next-token
   distributions at temperature 1. Samples: ``--samples-per-prompt`` responses of at most
   ``--max-new-tokens`` tokens drawn from the target for each prompt of
-  :data:`rsd.draft.prompts.HELDOUT_PROMPTS` (disjoint from the training prompts);
+  :data:`rsd.train.prompts.HELDOUT_PROMPTS` (disjoint from the training prompts);
   ``p`` and ``q`` are then computed teacher-forced on those sequences.
 * **SD block efficiency at chain length 4** (tokens produced per target call when the
   draft proposes 4 tokens per block), computed analytically, two ways:
@@ -34,14 +34,14 @@ import time
 import torch
 
 from .prompts import HELDOUT_PROMPTS, chat_ids
-from .train import EOS_ID, sample_batch
+from .draft import EOS_ID, sample_batch
 
 
 def truncated_standin(target, num_layers: int = 2):
     """The target's first ``num_layers`` layers + final norm + tied head, as a ``LlamaForCausalLM``."""
     from transformers import LlamaForCausalLM
 
-    from .model import draft_config_from_target
+    from ..engine.drafts.restricted import draft_config_from_target
 
     cfg = draft_config_from_target(target.config, num_layers)
     cfg.tie_word_embeddings = True
@@ -171,7 +171,7 @@ def report(res: dict, path: str | None) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m rsd.draft.evaluate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rsd.train.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="draft safetensors (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples-per-prompt", type=int, default=2)
@@ -186,8 +186,8 @@ def main(argv=None) -> dict:
                     help="file to keep the held-out target samples in (reused when the settings match)")
     ap.add_argument("--samples-only", action="store_true", help="only draw (and cache) the held-out samples")
     args = ap.parse_args(argv)
-    from ..embedded import load_embedded_target
-    from . import load_embedded_draft
+    from ..engine.embedded import load_embedded_target
+    from ..engine.drafts import load_embedded_draft
 
     target, tok = load_embedded_target()
     if args.samples_only:

@@ -6,7 +6,7 @@ summary (block efficiency, tokens/s, speed-up over the target alone measured in 
 Subcommands are plug-ins: :data:`SUBCOMMANDS` lists ``(module, names, description)``; each
 module has ``add_parser(subparsers)`` (registering the subparsers ``names``) and
 ``run(args) -> int``. A module that cannot be imported keeps its names, marked unavailable in
-``rsd --help``; calling one prints the import error and exits with status 2. ``train-draft`` and ``train-eagle`` forward their arguments to ``rsd.draft.train.main(argv)`` and ``rsd.draft.train_eagle.main(argv)``.
+``rsd --help``; calling one prints the import error and exits with status 2. ``train-draft`` and ``train-eagle`` forward their arguments to ``rsd.train.draft.main(argv)`` and ``rsd.train.eagle.main(argv)``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import json
 import sys
 
 SUBCOMMANDS = [
-    ("rsd.cli_generate", ("generate",), "generate text with speculative decoding"),
+    ("rsd.cli.generate", ("generate",), "generate text with speculative decoding"),
     ("rsd.eval.cli", ("eval", "plot"), "evaluation grid and the seed figure"),
-    ("rsd.cli_train", ("train-draft", "train-eagle"), "train the embedded draft / the EAGLE-style draft"),
+    ("rsd.cli.train", ("train-draft", "train-eagle"), "train the embedded draft / the EAGLE-style draft"),
 ]
 
 
@@ -71,5 +71,3 @@ def main(argv=None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -83,25 +83,6 @@ def method_and_config(args):
     return method, None, DEFAULT_BUDGET if args.budget is None else args.budget
 
 
-def prompt_ids(tokenizer, text, chat: bool):
-    if chat and getattr(tokenizer, "chat_template", None):
-        s = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                          add_generation_prompt=True)
-        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(text)["input_ids"])
-
-
-def eos_ids(tokenizer, model):
-    ids = set()
-    for v in (getattr(tokenizer, "eos_token_id", None),
-              getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(t) for t in v)
-    return sorted(ids)
-
-
 def summary_line(res, baseline) -> str:
     head = "ar (target only)" if res.config is None else f"{res.config} (budget {res.config.budget})"
     parts = [head, f"{len(res.tokens)} tokens", f"block efficiency {res.block_efficiency:.2f}",
@@ -141,8 +122,9 @@ def read_prompts_file(path) -> list[str]:
 def run(args) -> int:
     import torch
 
-    from .generate import generate, resolve_config
-    from .models import load_draft, load_target
+    from ..engine.configs import resolve_config
+    from ..engine.generate import generate
+    from ..engine.models import load_draft, load_target, prompt_ids
 
     method, cfg_text, budget = method_and_config(args)
     cfg = resolve_config(method, cfg_text, budget)  # fail on bad input before loading anything
@@ -189,7 +171,8 @@ def run(args) -> int:
 def _loop_setup(args, tgt, drf):
     """The generate() keyword arguments of the command line and both models' adapters (the draft's
     forwards take SDPA unless the eager path is asked for)."""
-    from .adapter import ModelAdapter
+    from ..engine.adapter import ModelAdapter
+    from ..engine.models import eos_ids
 
     common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
@@ -202,7 +185,8 @@ def _loop_setup(args, tgt, drf):
 
 def run_batch(args, tgt, drf, texts, method, cfg) -> int:
     """``--prompts-file``: one batched run (and the batched target-only baseline)."""
-    from .generate import generate
+    from ..engine.generate import generate
+    from ..engine.models import prompt_ids
 
     batch = [prompt_ids(tgt.tokenizer, t, not args.no_chat_template) for t in texts]
     common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)

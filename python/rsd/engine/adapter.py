@@ -1,6 +1,6 @@
 """Model adapter: a ``transformers`` causal LM with its own preallocated KV cache, fed chains and trees.
 
-The adapter owns one :class:`~rsd.kvcache.KVBuffer` and keeps a single invariant the decoding
+The adapter owns one :class:`~rsd.engine.kvcache.KVBuffer` and keeps a single invariant the decoding
 loop relies on: the cache holds keys/values for a sequence of ``length`` tokens (the committed
 prefix), and every forward writes the keys of the tokens it feeds in place right after them.
 After verification :meth:`ModelAdapter.keep_path` moves only the accepted path's keys/values
@@ -163,7 +163,7 @@ class ModelAdapter:
         self._feature_layers = layers
         tap = None
         if layers:
-            from .draft.eagle import LayerTap
+            from .drafts.eagle import LayerTap
 
             tap = LayerTap(self._tmodel, layers).attach()  # for the adapter's lifetime
 

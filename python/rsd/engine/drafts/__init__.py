@@ -1,15 +1,15 @@
 """The embedded draft model for the embedded target (SmolLM2-135M-Instruct).
 
-    from rsd.embedded import load_embedded_target
-    from rsd.draft import load_embedded_draft
+    from rsd.engine.embedded import load_embedded_target
+    from rsd.engine.drafts import load_embedded_draft
 
     target, tok = load_embedded_target()
     draft = load_embedded_draft(target)      # shares the target's token embedding
 
-``draft`` is a :class:`~rsd.draft.model.RestrictedHeadDraft`: call it like the target
+``draft`` is a :class:`~rsd.engine.drafts.restricted.RestrictedHeadDraft`: call it like the target
 (``input_ids``, ``attention_mask`` 2D or 4D, ``position_ids``, ``past_key_values``,
 ``use_cache``); ``.logits`` are over the full 49152-token vocabulary, ``-inf`` outside
-``draft.kept_ids``. See ``MODEL_CARD.md``.
+``draft.kept_ids``. See ``docs/draft-model-card.md``.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import os
 
 import torch
 
-from .model import RestrictedHeadDraft, config_from_json
+from .restricted import RestrictedHeadDraft, config_from_json
 
 WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "draft.safetensors")
-# the shipped EAGLE-style feature-level draft (rsd.draft.eagle; EAGLE.md): ``--draft embedded-eagle``
+# the shipped EAGLE-style feature-level draft (rsd.engine.drafts.eagle; docs/eagle-draft.md): ``--draft embedded-eagle``
 EAGLE_WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "eagle.safetensors")
 
 __all__ = ["EAGLE_WEIGHTS_PATH", "WEIGHTS_PATH", "RestrictedHeadDraft", "load_draft", "load_embedded_draft", "target_token_embedding"]
@@ -40,7 +40,7 @@ def target_token_embedding(dtype=torch.float32) -> torch.Tensor:
 
 
 def load_draft(path: str, embedding: torch.Tensor | torch.nn.Parameter, dtype=torch.float32) -> RestrictedHeadDraft:
-    """Load a draft exported by :func:`rsd.draft.train.export_draft` around the given token embedding.
+    """Load a draft exported by :func:`rsd.train.draft.export_draft` around the given token embedding.
 
     ``embedding`` (``[vocab_size, hidden_size]``) is used as is, without a copy when its
     dtype matches, so a draft built from a loaded target's embedding shares its memory.
@@ -72,12 +72,12 @@ def load_draft(path: str, embedding: torch.Tensor | torch.nn.Parameter, dtype=to
 def load_embedded_draft(target=None, dtype=torch.float32, path: str | None = None) -> RestrictedHeadDraft:
     """The shipped draft (``weights/draft.safetensors``), ready to use (eval mode, no grad needed).
 
-    With ``target`` (the model from :func:`rsd.embedded.load_embedded_target`) the draft
+    With ``target`` (the model from :func:`rsd.engine.embedded.load_embedded_target`) the draft
     shares the target's token embedding; without it the embedding is read from the GGUF.
     """
     path = path or WEIGHTS_PATH
     if not os.path.exists(path):
         raise FileNotFoundError(f"draft weights not found at {path}; regenerate them with "
-                                "`python -m rsd.draft.train --out DIR` and copy DIR/draft.safetensors there")
+                                "`python -m rsd.train.draft --out DIR` and copy DIR/draft.safetensors there")
     emb = target.get_input_embeddings().weight if target is not None else target_token_embedding(dtype)
     return load_draft(path, emb, dtype)

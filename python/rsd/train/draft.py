@@ -1,13 +1,13 @@
 """Regenerate the embedded draft from nothing: data generation + distillation.
 
-    python -m rsd.draft.train --out /work/draft-run [--budget-minutes 90] [--threads 2]
-    python -m rsd.draft.train --out /tmp/tiny --tiny        # seconds; CI smoke test
+    python -m rsd.train.draft --out /work/draft-run [--budget-minutes 90] [--threads 2]
+    python -m rsd.train.draft --out /tmp/tiny --tiny        # seconds; CI smoke test
 
 Phases, each resumable (rerun the same command to continue after an interruption):
 
 1. **data** -- the target (in ``--gen-dtype``: bfloat16 where this CPU runs it faster than float32, else
    float32) samples responses at
-   temperature 1 to the chat-templated training prompts (:mod:`rsd.draft.prompts`:
+   temperature 1 to the chat-templated training prompts (:mod:`rsd.train.prompts`:
    ``--samples-per-prompt`` samples of each of ``TRAIN_PROMPTS``, ``--topic-samples`` of
    each of ``TOPIC_PROMPTS``, shuffled), in batches with a KV cache. For every response position the target's top-``topk``
    next-token log-probabilities are stored (the rest of the mass is implied). One file
@@ -15,7 +15,7 @@ Phases, each resumable (rerun the same command to continue after an interruption
 2. **vocab** -- the ``head_size`` tokens with the largest expected count (target
    probability mass over all stored positions, plus the prompt tokens) form the draft's
    restricted head (``kept_ids``); special tokens are always kept.
-3. **train** -- the draft (:class:`rsd.draft.model.RestrictedHeadDraft`, initialised from
+3. **train** -- the draft (:class:`rsd.engine.drafts.restricted.RestrictedHeadDraft`, initialised from
    the target's first layers, final norm and the kept rows of its tied head) is trained
    with KL(p || q) from the target's stored distribution p to the draft's q. The top-k
    tokens the head keeps are matched one by one; all remaining target mass (tail beyond
@@ -24,7 +24,7 @@ Phases, each resumable (rerun the same command to continue after an interruption
    ``--ckpt-every`` steps and at the end; a rerun resumes from it.
 4. **export** -- ``draft.safetensors`` in ``--out`` (fp16 weights, kept ids, config in
    the metadata; the frozen token embedding is not included). Copy it to
-   ``python/rsd/draft/weights/`` to ship it.
+   ``python/rsd/engine/drafts/weights/`` to ship it.
 
 ``--budget-minutes`` caps the whole run: data generation stops when its share
 (``--data-frac``) of the budget is used, and the number of optimiser steps is the smaller
@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .eagle import LayerTap
-from .model import RestrictedHeadDraft, config_to_json, draft_config_from_target
+from ..engine.drafts.eagle import LayerTap
+from ..engine.drafts.restricted import RestrictedHeadDraft, config_to_json, draft_config_from_target
 
 EOS_ID = 2  # <|im_end|> in the SmolLM2 vocabulary
 SPECIAL_IDS = (0, 1, 2)
@@ -370,7 +370,7 @@ def tiny_target(seed: int = 0):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rsd.draft.train", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rsd.train.draft", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="run folder: data shards, checkpoint, draft.safetensors")
     ap.add_argument("--budget-minutes", type=float, default=90.0, help="wall-clock cap for the whole run")
     ap.add_argument("--tiny", action="store_true", help="tiny random target, few tokens: a smoke test")
@@ -417,7 +417,7 @@ def start_run(args, **tiny) -> tuple[float, object, list[list[int]], list[int], 
         for k, v in dict(batch_size=4, max_new_tokens=12, head_size=128, topk=8, warmup=2, **tiny).items():
             setattr(args, k, v)
         return t0, target, prompt_ids, counts, "tiny random target"
-    from ..embedded import load_embedded_target
+    from ..engine.embedded import load_embedded_target
     from .prompts import TOPIC_PROMPTS, TRAIN_PROMPTS, chat_ids
 
     target, tok = load_embedded_target()

@@ -1,4 +1,5 @@
-"""``generate``: target-only decoding (``ar``) and speculative decoding (SD, SpecTr, RSD-C, RSD-S).
+"""The single-prompt loop (:class:`Decoder`): target-only decoding (``ar``) and speculative
+decoding (SD, SpecTr, RSD-C, RSD-S).
 
 One **block** of a speculative method:
 
@@ -29,132 +30,16 @@ ACCEPT/RESIDUAL), so a run is reproducible from its seed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 import rsd_kernels
 from rsd_kernels import checks, noise
-from rsd_kernels.methods import METHODS, TreeConfig, default_config, parse_config
 
 from .adapter import ModelAdapter
-
-ALL_METHODS = ("ar",) + METHODS
-
-
-@dataclass
-class BlockStats:
-    """One block (for ``ar``: one target step)."""
-
-    accepted: int  # draft tokens accepted (0 for ar)
-    emitted: int  # tokens committed by this block (accepted + the next token, cut at EOS / max_new_tokens)
-    draft_calls: int
-    target_calls: int
-    draft_s: float  # tree building: draft forwards, sampling, masks
-    target_s: float  # the target forward (verification forward; ar: the step)
-    verify_s: float  # verification alone (ar: choosing the next token); the cache work is cache_s
-    cache_s: float = 0.0  # KV-cache compaction of both models (moving the accepted path)
-    other_s: float = 0.0  # everything else of the block (bookkeeping)
-
-    @property
-    def total_s(self) -> float:
-        return self.draft_s + self.target_s + self.verify_s + self.cache_s + self.other_s
-
-
-class _Timed:
-    """Wall-time views of a result with ``blocks`` (:class:`BlockStats`), ``prefill_s`` and ``num_tokens``."""
-
-    @property
-    def decode_s(self) -> float:
-        """Wall time of the blocks (prefill excluded)."""
-        return sum(b.total_s for b in self.blocks)
-
-    @property
-    def wall_s(self) -> float:
-        return self.prefill_s + self.decode_s
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Generated tokens per second of decoding (prefill excluded)."""
-        return self.num_tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-
-@dataclass
-class GenerationResult(_Timed):
-    tokens: list[int]  # the new tokens (prompt excluded)
-    method: str
-    config: TreeConfig | None  # None for ar
-    blocks: list[BlockStats] = field(default_factory=list)
-    prefill_s: float = 0.0
-    stop_reason: str = "max_new_tokens"  # or "eos", "context"
-    seed: int = 0
-
-    @property
-    def target_calls(self) -> int:
-        """Target forwards after the prefill (the denominator of block efficiency)."""
-        return sum(b.target_calls for b in self.blocks)
-
-    @property
-    def draft_calls(self) -> int:
-        return sum(b.draft_calls for b in self.blocks)
-
-    @property
-    def accepted_lengths(self) -> list[int]:
-        return [b.accepted for b in self.blocks]
-
-    @property
-    def block_efficiency(self) -> float:
-        """Generated tokens per target verification call (prefill excluded)."""
-        return len(self.tokens) / self.target_calls if self.target_calls else 0.0
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.tokens)
-
-    def time_split(self) -> dict:
-        """Wall seconds per part; the parts sum to :attr:`wall_s`."""
-        out = {"prefill_s": self.prefill_s}
-        for k in ("draft_s", "target_s", "verify_s", "cache_s", "other_s"):
-            out[k] = sum(getattr(b, k) for b in self.blocks)
-        return out
-
-    def to_dict(self) -> dict:
-        return {
-            "method": self.method, "config": None if self.config is None else str(self.config),
-            "budget": None if self.config is None else self.config.budget, "seed": self.seed,
-            "tokens": list(self.tokens), "num_tokens": len(self.tokens), "stop_reason": self.stop_reason,
-            "block_efficiency": self.block_efficiency, "tokens_per_s": self.tokens_per_s,
-            "target_calls": self.target_calls, "draft_calls": self.draft_calls,
-            "accepted_lengths": self.accepted_lengths, **self.time_split(),
-        }
-
-
-def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
-    """The tree configuration of ``method``: ``config`` (a :class:`TreeConfig` or text such as
-    ``"3x2"`` / ``"2,2,1"``), else :func:`rsd_kernels.default_config` for ``budget``.
-
-    Raises ``ValueError`` for an unknown method, a missing budget, or a config whose budget
-    differs from the one given.
-    """
-    if method not in ALL_METHODS:
-        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
-    if method == "ar":
-        if config is not None:
-            raise ValueError("method 'ar' (target only) takes no tree config")
-        return None
-    if config is None:
-        if budget is None:
-            raise ValueError(f"method {method!r} needs a budget or an explicit config")
-        return default_config(method, budget)
-    if isinstance(config, str):
-        config = parse_config(method, config)
-    if not isinstance(config, TreeConfig):
-        raise TypeError(f"config must be a TreeConfig or a string, got {type(config).__name__}")
-    if config.method != method:
-        raise ValueError(f"config {config} is for method {config.method!r}, not {method!r}")
-    if budget is not None and config.budget != budget:
-        raise ValueError(f"config {config} has budget {config.budget}, not the requested budget {budget}")
-    return config
+from .configs import resolve_config
+from .results import BlockStats
 
 
 def _as_adapter(m, attention, backend):
@@ -180,9 +65,9 @@ def _prompt_tensor(prompt_ids, device):
 class Decoder:
     """The decoding state of one prompt: both adapters' KV caches and the loop state.
 
-    :func:`generate` drives it (``prefill`` once, then ``step`` per block); tests use
+    :func:`rsd.engine.generate.generate` drives it (``prefill`` once, then ``step`` per block); tests use
     :meth:`snapshot`/:meth:`restore` to run many single blocks from one prefill. Arguments
-    as in :func:`generate`.
+    as in :func:`rsd.engine.generate.generate`.
     """
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, *, temperature=0.0, top_k=None,
@@ -283,74 +168,6 @@ class Decoder:
             self.seed = seed
 
 
-def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
-             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-             backend: str = "auto", progress=None) -> GenerationResult:
-    """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
-
-    Args:
-        target, draft: ``transformers`` causal LMs (or :class:`ModelAdapter` s) sharing one
-            vocabulary; ``draft`` may be ``None`` for ``method="ar"``.
-        prompt_ids: 1-D token ids (list or tensor).
-        method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``.
-        config, budget: the tree (see :func:`resolve_config`).
-        temperature, top_k, top_p: sampling warps, shared by draft and target; temperature 0
-            is greedy decoding and returns exactly the target's greedy tokens.
-        seed: Philox seed (``None``: drawn from torch's global generator).
-        eos_token_id: an int or a collection of ints that end generation (the EOS is kept).
-        attention: ``"sdpa"``, ``"eager"`` (4D mask) or ``"rsd"`` (rsd_kernels.tree_attention
-            for the target's verification forward).
-        backend: the ``rsd_kernels`` backend for every tree op.
-        progress: optional callable ``progress(num_new_tokens)`` called after each block.
-
-    Raises ``ValueError`` for an unknown method, a config that does not match the budget,
-    target and draft vocabularies that differ, or a prompt that leaves no room in the context.
-
-    A **batch** of prompts (a list of token lists of different lengths, or a 2-D tensor with
-    more than one row) is decoded together by :func:`rsd.batched.generate_batch`, which returns
-    a :class:`rsd.batched.BatchGenerationResult` (one :class:`GenerationResult` per prompt).
-    """
-    from .batched import generate_batch, is_batch
-
-    if is_batch(prompt_ids):
-        return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
-                              top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                              eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
-    dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
-                  seed=seed, attention=attention, backend=backend)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    eos = _eos_set(eos_token_id)
-    result = GenerationResult([], method, dec.config, seed=dec.seed)
-    result.prefill_s = dec.prefill(prompt_ids)
-    while len(result.tokens) < max_new_tokens:
-        if not dec.fits():
-            result.stop_reason = "context"
-            break
-        new, stats = dec.step()
-        new, stop = cut_new_tokens(new, max_new_tokens - len(result.tokens), eos)
-        stats.emitted = len(new)
-        result.tokens.extend(new)
-        result.blocks.append(stats)
-        if progress is not None:
-            progress(len(new))
-        if stop:
-            result.stop_reason = stop
-            break
-    return result
-
-
-def cut_new_tokens(new: list[int], room: int, eos: set) -> tuple[list[int], str | None]:
-    """A block's tokens cut to the ``room`` left under ``max_new_tokens`` and after the first EOS
-    (kept); the stop reason ``"eos"`` if one was met, else ``None``."""
-    new = new[:room]
-    for j, t in enumerate(new):
-        if t in eos:
-            return new[: j + 1], "eos"
-    return new, None
-
-
 def split_draft_path(path, slots) -> tuple[list[int], list[int]]:
     """The accepted path's nodes (``path[1:]``) split into the draft cache slots to keep (the
     leading nodes the draft has fed, ``slots[i] >= 0``) and the nodes it must be fed next block."""
@@ -373,14 +190,6 @@ def final_slots(slots: torch.Tensor, seen_ok: torch.Tensor | None, T: int) -> li
     for j, s in enumerate(slots[seen_ok.nonzero()[:, 0]].tolist()[:T]):
         out[j] = s
     return out
-
-
-def _eos_set(eos_token_id):
-    if eos_token_id is None:
-        return set()
-    if isinstance(eos_token_id, int):
-        return {eos_token_id}
-    return {int(t) for t in eos_token_id}
 
 
 @dataclass
@@ -452,7 +261,7 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
 
 def is_eagle(model) -> bool:
     """Whether ``model`` (or the model of an adapter) is an EAGLE feature-level draft."""
-    from .draft.eagle import EagleDraft
+    from .drafts.eagle import EagleDraft
 
     return isinstance(getattr(model, "model", None) if isinstance(model, ModelAdapter) else model, EagleDraft)
 
@@ -527,7 +336,7 @@ class _DraftLevels:
 
 
 # ------------------------------------------------------------------------- EAGLE feature-level draft
-# Feature flow (rsd.draft.eagle's loop API). F(t) = the target's last hidden state (after its final
+# Feature flow (rsd.engine.drafts.eagle's loop API). F(t) = the target's last hidden state (after its final
 # norm) at position t, read from the target's own forwards (ModelAdapter.enable_features: a hook on
 # the final norm). The draft's input at position t is (x_t, F(t-1)).
 #

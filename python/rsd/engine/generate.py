@@ -1,0 +1,64 @@
+"""``generate``: the public entry point of the engine. One prompt runs on the single-prompt loop
+(:class:`rsd.engine.loop.Decoder`); a batch of prompts on the batched loop
+(:func:`rsd.engine.batched.generate_batch`)."""
+from __future__ import annotations
+
+from .batched import generate_batch, is_batch
+from .loop import Decoder
+from .results import GenerationResult, cut_new_tokens, eos_set
+
+
+def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
+             backend: str = "auto", progress=None) -> GenerationResult:
+    """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
+
+    Args:
+        target, draft: ``transformers`` causal LMs (or :class:`ModelAdapter` s) sharing one
+            vocabulary; ``draft`` may be ``None`` for ``method="ar"``.
+        prompt_ids: 1-D token ids (list or tensor).
+        method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``.
+        config, budget: the tree (see :func:`resolve_config`).
+        temperature, top_k, top_p: sampling warps, shared by draft and target; temperature 0
+            is greedy decoding and returns exactly the target's greedy tokens.
+        seed: Philox seed (``None``: drawn from torch's global generator).
+        eos_token_id: an int or a collection of ints that end generation (the EOS is kept).
+        attention: ``"sdpa"``, ``"eager"`` (4D mask) or ``"rsd"`` (rsd_kernels.tree_attention
+            for the target's verification forward).
+        backend: the ``rsd_kernels`` backend for every tree op.
+        progress: optional callable ``progress(num_new_tokens)`` called after each block.
+
+    Raises ``ValueError`` for an unknown method, a config that does not match the budget,
+    target and draft vocabularies that differ, or a prompt that leaves no room in the context.
+
+    A **batch** of prompts (a list of token lists of different lengths, or a 2-D tensor with
+    more than one row) is decoded together by :func:`rsd.engine.batched.generate_batch`, which returns
+    a :class:`rsd.engine.batched.BatchGenerationResult` (one :class:`GenerationResult` per prompt).
+    """
+    if is_batch(prompt_ids):
+        return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
+                              top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                              eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
+    dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
+                  seed=seed, attention=attention, backend=backend)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    eos = eos_set(eos_token_id)
+    result = GenerationResult([], method, dec.config, seed=dec.seed)
+    result.prefill_s = dec.prefill(prompt_ids)
+    while len(result.tokens) < max_new_tokens:
+        if not dec.fits():
+            result.stop_reason = "context"
+            break
+        new, stats = dec.step()
+        new, stop = cut_new_tokens(new, max_new_tokens - len(result.tokens), eos)
+        stats.emitted = len(new)
+        result.tokens.extend(new)
+        result.blocks.append(stats)
+        if progress is not None:
+            progress(len(new))
+        if stop:
+            result.stop_reason = stop
+            break
+    return result
