@@ -119,3 +119,81 @@ def test_non_contiguous_inputs(backend):
     got = tree_attention(q, k, v, tree, 9, backend=backend)
     want = tree_attention(q.contiguous(), k.contiguous(), v.contiguous(), tree, 9, backend="torch")
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cache_views_go_in_without_copies(monkeypatch):
+    """``tree_attention`` on the KV cache's ``[:, :, :S]`` views (rsd.engine.kvcache.KVBuffer), through the
+    adapter's attention function as the decoding loop calls it: the Triton kernel receives the cache's own
+    storage with the views' strides, no K/V-sized tensor is allocated on the way (torch profiler, CPU
+    memory), and no value check runs (validate=False: no host sync)."""
+    from rsd.engine.adapter import _rsd_tree_attention
+    from rsd.engine.kvcache import KVBuffer
+    from rsd_kernels.attention import triton_kernel
+
+    Hq, Hkv, D, L, T = 8, 2, 64, 700, 5
+    cache = KVBuffer(num_layers=2, capacity=2048)
+    g = torch.Generator().manual_seed(0)
+    cache.update(torch.randn(1, Hkv, L, D, generator=g), torch.randn(1, Hkv, L, D, generator=g), 0)
+    cache.length = L
+    k, v = cache.update(torch.randn(1, Hkv, T, D, generator=g), torch.randn(1, Hkv, T, D, generator=g), 0)
+    assert not k.is_contiguous() and k.data_ptr() == cache.kv.data_ptr()
+    q = torch.randn(1, T, Hq, D, generator=g).transpose(1, 2)  # transformers' transposed view
+    tree = DraftTree.from_lists([[0] * T], [[-1, 0, 0, 1, 1]])
+    seen = []
+    monkeypatch.setattr(triton_kernel, "_tree_attention_kernel", _Recorder(seen))
+    monkeypatch.setattr(triton_kernel, "_combine_kernel", _Recorder([]))
+    plens = torch.tensor([L], dtype=torch.int64)
+    kv_bytes = k.numel() * k.element_size()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _rsd_tree_attention(None, q, k, v, None, scaling=D**-0.5, rsd_tree_bits=tree.ancestor_bitmask,
+                            rsd_prefix_lens=plens, rsd_backend="triton")
+    kk, vv = seen[0][1], seen[0][2]
+    assert kk.data_ptr() == k.data_ptr() and kk.stride() == k.stride() and kk.shape == k.shape
+    assert vv.data_ptr() == v.data_ptr() and vv.stride() == v.stride()
+    allocs = [e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0]
+    assert allocs and max(allocs) < kv_bytes / 4, (max(allocs), kv_bytes)  # q, out, partials: far below K/V
+    # and the results are right on those views (real kernel, the reference on copies)
+    monkeypatch.undo()
+    got = tree_attention(q, k, v, tree, plens, backend="triton", validate=False)
+    want = tree_attention(q.contiguous(), k.contiguous(), v.contiguous(), tree, plens, backend="torch")
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+class _Recorder:
+    """Stands in for a Triton kernel: records what it is launched with."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.seen.append(args)
+
+
+def test_validate_checks_prefix_lengths_only_when_asked(monkeypatch):
+    """validate=True (the default) rejects prefix lengths that overrun the cache; validate=False runs no
+    data-dependent check: the op up to the kernel launch reads no tensor value on the host (no sync)."""
+    from rsd_kernels.attention import triton_kernel
+
+    q = torch.zeros(1, 2, 3, 64)
+    k = torch.zeros(1, 2, 10, 64)
+    tree = DraftTree.from_lists([[0, 0, 0]], [[-1, 0, 0]])
+    bits = tree.ancestor_bitmask
+    with pytest.raises(ValueError, match="prefix_lens \\+ T must be within"):
+        tree_attention(q, k, k, bits, torch.tensor([8]), backend="torch")
+    tree_attention(q, k, k, bits, torch.tensor([7]), backend="torch")  # 7 + 3 == 10: fits
+    seen, reads = [], []
+    monkeypatch.setattr(triton_kernel, "_tree_attention_kernel", _Recorder(seen))
+    for name in ("__bool__", "item", "tolist", "any", "all"):
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _orig=orig, _name=name, **kw):
+            reads.append(_name)
+            return _orig(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    tree_attention(q, k, k, bits, torch.tensor([7]), backend="triton", validate=False)
+    assert seen and not reads, reads
+    tree_attention(q, k, k, bits, torch.tensor([7]), backend="triton")
+    assert reads

@@ -1,11 +1,20 @@
-"""Every Triton kernel compiles for sm_90 (H100) on this machine, without a GPU.
+"""Every Triton kernel compiles for sm_90 (H100/H200) on this machine, without a GPU -- in the variant
+the runtime actually launches.
 
-``triton.compile`` with a CUDA ``GPUTarget`` runs the whole pipeline (TTIR, TTGIR, LLVM IR,
-PTX, and ptxas -- shipped in the triton wheel -- to a cubin), so an error that only the GPU
-compiler would see (types that diverge between branches, unsupported ops, register-file
-blow-ups ptxas rejects) fails here instead of on the first GPU run. The interpreter
-(``TRITON_INTERPRET=1``) does not catch those. Compilation runs in a subprocess: the
-interpreter patches ``triton.language`` in this process.
+``bench/sm90.py`` runs the real launchers on ``meta`` tensors and records each launch as Triton's JIT
+binder sees it (signature, constexprs, the runtime's specialisation: 16-byte aligned pointers,
+integers divisible by 16, integers equal to 1 made constexpr, ``do_not_specialize`` honoured, and
+the options), then ``triton.compile`` builds exactly those variants for ``GPUTarget("cuda", 90, 32)``:
+TTIR, TTGIR, LLVM IR, PTX and ptxas (shipped in the triton wheel) to a cubin. An error only the GPU
+compiler would see fails here; and the checks below read the compiled code:
+
+* no register spills;
+* the attention kernel fits ``CTAS_PER_SM`` programs per SM (the launch plan's one-wave rule assumes
+  it) and its K/V loop is software-pipelined (``LDGSTS`` = cp.async in the SASS);
+* no double-precision instruction in the sampling kernels and in verification for fp16/bf16/fp32
+  logits (greedy compares in float32; the noise takes float32 logs).
+
+Compilation runs in a subprocess: the interpreter patches ``triton.language`` in this process.
 """
 import json
 import os
@@ -19,150 +28,86 @@ pytest.importorskip("triton")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Specs: (module, kernel, signature, constexprs, num_warps), one per variant we ship.
-_F = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}
-V = "rsd_kernels.verify.triton_kernel"
-S = "rsd_kernels.sampling.triton_kernel"
-A = "rsd_kernels.attention.triton_kernel"
-
-
-def _verify_specs():
-    out = []
-    for greedy, dt, ct in [(False, "bf16", "fp32"), (True, "fp16", "fp32"), (False, "fp64", "fp64")]:
-        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "nn_ptr": "*i32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "stat_ptr": _F[ct], "arg_ptr": "*i32", "T": "i32", "V": "i32", "NB": "i32"}
-        out.append((V, "_node_stats_kernel", sig, {"GREEDY": greedy, "CT": ct, "BLOCK": 4096}, 8))
-    for mode, gen, dt, ct, pre, *bt in [(0, True, "bf16", "fp32", True), (1, False, "fp32", "fp32", False),
-                                        (2, False, "fp16", "fp32", True), (2, False, "bf16", "fp32", False),
-                                        (0, True, "fp64", "fp64", False), (1, True, "bf16", "fp32", True, 256),
-                                        (0, False, "fp16", "fp32", False, 256)]:
-        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
-               "u_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "stat_ptr": _F[ct], "arg_ptr": "*i32",
-               "path_ptr": "*i64", "nacc_ptr": "*i64", "next_ptr": "*i64", "stf_ptr": _F[ct], "sti_ptr": "*i32",
-               "rej_ptr": _F[ct], "passes_ptr": "*i32", "T": "i32", "V": "i32", "P": "i32", "NB": "i32",
-               "seed": "i64", "offset": "i64", "RHO_TOL": "fp32", "MAX_PASSES": "i32"}
-        const = {"MODE": mode, "GEN": gen, "CT": ct, "PRE": pre, "BLOCK_T": bt[0] if bt else 64, "BLOCK_V": 4096,
-                 "BLOCK_P": 16, "NBP": 8}
-        out.append((V, "_verify_walk_kernel", sig, const, 8))
-    for mode, gen, dt, ct in [(0, True, "bf16", "fp32"), (1, False, "fp32", "fp32"), (1, True, "fp64", "fp64")]:
-        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "stf_ptr": _F[ct], "sti_ptr": "*i32", "rej_ptr": _F[ct], "part_ptr": _F[ct], "parg_ptr": "*i32",
-               "T": "i32", "V": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
-        const = {"MODE": mode, "GEN": gen, "CT": ct, "BLOCK_T": 64, "NQ": 1024}
-        out.append((V, "_residual_sample_kernel", sig, const, 8))
-    for mode, ct in [(0, "fp32"), (1, "fp64")]:
-        sig = {"part_ptr": _F[ct], "parg_ptr": "*i32", "next_ptr": "*i64", "NB": "i32"}
-        out.append((V, "_residual_merge_kernel", sig, {"MODE": mode, "NBP": 32}, 1))
-    return out
-
-
-def _traversal_specs():
-    out = []
-    mod = "rsd_kernels.verify.traversal_triton"
-    for gen, dt, ct, pre, bt in [(True, "bf16", "fp32", True, 32), (False, "fp16", "fp32", False, 64),
-                                 (True, "fp64", "fp64", False, 32), (True, "bf16", "fp32", False, 256)]:
-        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "tok_ptr": "*i64", "par_ptr": "*i32", "nn_ptr": "*i32",
-               "u_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "stat_ptr": _F[ct], "path_ptr": "*i64",
-               "nacc_ptr": "*i64", "stf_ptr": _F[ct], "sti_ptr": "*i32", "rec_ptr": _F[ct], "passes_ptr": "*i32",
-               "T": "i32", "V": "i32", "P": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
-        const = {"GEN": gen, "CT": ct, "PRE": pre, "BLOCK_T": bt, "BLOCK_V": 4096, "BLOCK_P": 16, "NBP": 8}
-        out.append((mod, "_traversal_walk_kernel", sig, const, 8))
-    for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
-        sig = {"tl_ptr": _F[dt], "dl_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32",
-               "stf_ptr": _F[ct], "sti_ptr": "*i32", "rec_ptr": _F[ct], "part_ptr": _F[ct], "parg_ptr": "*i32",
-               "T": "i32", "V": "i32", "NB": "i32", "seed": "i64", "offset": "i64"}
-        out.append((mod, "_traversal_sample_kernel", sig, {"GEN": gen, "CT": ct, "BLOCK_T": 32, "NQ": 256}, 4))
-    return out
-
-
-def _sampling_specs():
-    out = []
-    for noise, gen, dt, ct, kb in [(True, True, "bf16", "fp32", 16), (True, False, "fp32", "fp32", 8),
-                                   (False, False, "fp16", "fp32", 2), (True, True, "fp64", "fp64", 64)]:
-        sig = {"logits_ptr": _F[dt], "g_ptr": "*fp32", "temp_ptr": _F[ct], "temp_val": "fp32", "pm_ptr": _F[ct],
-               "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32", "V": "i32", "NB": "i32",
-               "KMAX": "i32", "seed": "i64", "offset": "i64"}
-        const = {"NOISE": noise, "GEN": gen, "CT": ct, "KB": kb, "NQ": 1024}
-        out.append((S, "_topk_partial_kernel", sig, const, 8))
-    parts = lambda ct: {"pm_ptr": _F[ct], "ps_ptr": _F[ct], "psup_ptr": "*i32", "pv_ptr": _F[ct], "pi_ptr": "*i32"}
-    for dt, ct in [("bf16", "fp32"), ("fp64", "fp64")]:
-        sig = {"logits_ptr": _F[dt], "k_ptr": "*i32", "temp_ptr": _F[ct], "temp_val": "fp32", **parts(ct),
-               "tok_ptr": "*i64", "lp_ptr": "*fp32", "num_ptr": "*i32", "V": "i32", "NB": "i32", "KMAX": "i32"}
-        out.append((S, "_sample_merge_kernel", sig, {"CT": ct, "KB": 8, "NBP": 8}, 4))
-    for gen, dt, ct in [(True, "bf16", "fp32"), (False, "fp64", "fp64")]:
-        sig = {"logits_ptr": _F[dt], "phi_ptr": "*fp32", "G_ptr": "*fp32", "g_ptr": "*fp32", "temp_ptr": _F[ct],
-               "temp_val": "fp32", **parts(ct), "tok_ptr": "*i64", "phic_ptr": _F[ct], "Gc_ptr": _F[ct], "V": "i32",
-               "NB": "i32", "W": "i32", "seed": "i64", "offset": "i64"}
-        out.append((S, "_beam_merge_kernel", sig, {"GEN": gen, "CT": ct, "KB": 8, "NBP": 8}, 4))
-    return out
-
-
-def _attention_specs():
-    from rsd_kernels.attention.triton_kernel import launch_config
-
-    out = []
-    for dt, d, group, T, splits in [("fp16", 64, 4, 16, 1), ("bf16", 128, 1, 8, 8), ("fp32", 64, 3, 5, 2),
-                                    ("bf16", 64, 8, 32, 1), ("fp16", 128, 2, 31, 4), ("bf16", 128, 1, 1, 16)]:
-        bm, bn, warps = launch_config(d, group * T)
-        sig = {"q_ptr": _F[dt], "k_ptr": _F[dt], "v_ptr": _F[dt], "bits_ptr": "*i32", "plen_ptr": "*i64",
-               "out_ptr": _F[dt], "part_ptr": "*fp32", "lse_ptr": "*fp32", "Hq": "i32", "Hkv": "i32", "T": "i32",
-               "S": "i32", "W": "i32", "split_len": "i32", "qk_scale": "fp32"}
-        const = {"GROUP": group, "D": d, "BLOCK_M": bm, "BLOCK_N": bn, "NUM_SPLITS": splits, "ACC_DT": "fp32",
-                 "PREC": "tf32x3" if dt == "fp32" else "tf32", "DOT_FP32": False}
-        out.append((A, "_tree_attention_kernel", sig, const, warps))
-    for dt, d in [("bf16", 128), ("fp16", 64)]:
-        sig = {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": _F[dt], "n_rows": "i32"}
-        out.append((A, "_combine_kernel", sig, {"NUM_SPLITS": 5, "SPLITS_P2": 8, "D": d, "BLOCK_R": 16}, 4))
-    return out
-
-
-FAMILIES = {"verify": _verify_specs(), "traversal": _traversal_specs(), "sampling": _sampling_specs(),
-            "attention": _attention_specs()}
+# Shapes whose launches are compiled: the review's (bench/roofline.py) and small / odd ones.
+FAMILIES = {
+    "attention": [("tree_attention", dict(B=1, Hq=32, Hkv=8, T=31, D=128, prefix=4096)),
+                  ("tree_attention", dict(B=1, Hq=32, Hkv=32, T=31, D=128, prefix=16384)),
+                  ("tree_attention", dict(B=8, Hq=32, Hkv=32, T=31, D=128, prefix=4096)),
+                  ("tree_attention", dict(B=2, Hq=4, Hkv=4, T=16, D=64, prefix=700, dtype="fp16")),
+                  ("tree_attention", dict(B=1, Hq=6, Hkv=2, T=5, D=64, prefix=300, dtype="fp32")),
+                  ("tree_attention", dict(B=1, Hq=4, Hkv=4, T=1, D=256, prefix=5000, dtype="fp16"))],
+    "verify": [("verify_tree", dict(mode="rrs", B=1, V=32000)), ("verify_tree", dict(mode="rrs", B=64, V=128256)),
+               ("verify_tree", dict(mode="kseq", B=1, V=32000, dtype="fp32")),
+               ("verify_tree", dict(mode="kseq", B=64, V=32000)),
+               ("verify_tree", dict(mode="greedy", B=1, V=32000)),
+               ("verify_tree", dict(mode="greedy", B=64, V=128256, dtype="fp32")),
+               ("verify_tree", dict(mode="rrs", B=2, V=1000, dtype="fp64"))],
+    "traversal": [("verify_tree", dict(mode="traversal", B=1, V=32000)),
+                  ("verify_tree", dict(mode="traversal", B=64, V=128256)),
+                  ("verify_tree", dict(mode="traversal", B=2, V=1000, dtype="fp64"))],
+    "sampling": [("sample_without_replacement", dict(R=64, V=32000, k=4)),
+                 ("sample_without_replacement", dict(R=30, V=32000, k=4, dtype="fp32")),
+                 ("sample_without_replacement", dict(R=4, V=1000, k=64, dtype="fp16")),
+                 ("sample_without_replacement", dict(R=2, V=500, k=3, dtype="fp64")),
+                 ("stochastic_beam_step", dict(B=1, N=6, V=32000, W=6))],
+}
 
 _SCRIPT = textwrap.dedent(
     """
-    import importlib, json, os, re, subprocess, sys, tempfile
-    import triton, triton.language as tl
-
-    def ptxas_report(ptx):  # registers and spills, from the ptxas shipped with triton
-        exe = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(ptx)
-        try:
-            r = subprocess.run([exe, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
-        finally:
-            os.unlink(f.name)
-        regs = re.findall(r"Used (\\d+) registers", r.stderr)
-        spill = re.findall(r"(\\d+) bytes spill stores", r.stderr)
-        return f"regs={regs[-1] if regs else '?'} spill_stores={spill[-1] if spill else '?'}"
-
-    from triton.backends.compiler import GPUTarget
-    dt = {"fp32": tl.float32, "fp64": tl.float64, "fp16": tl.float16, "bf16": tl.bfloat16}
-    for mod, name, sig, const, warps in json.loads(sys.argv[1]):
-        fn = getattr(importlib.import_module(mod), name)
-        const = {k: (dt.get(v, v) if isinstance(v, str) else v) for k, v in const.items()}
-        sig = dict(sig, **{k: "constexpr" for k in const})
-        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const)
-        try:
-            k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-        except Exception as exc:
-            print("FAILED", name, json.dumps(const, default=str), file=sys.stderr)
-            raise
-        assert len(k.asm["cubin"]) > 0
-        print("ok", name, json.dumps(const, default=str), "smem", k.metadata.shared, ptxas_report(k.asm["ptx"]),
-              flush=True)
+    import json, sys
+    sys.path.insert(0, "bench")
+    import sm90
+    seen = set()
+    for op, shape in json.loads(sys.argv[1]):
+        for launch in sm90.launches_at(op, shape):
+            if launch.key in seen:
+                continue
+            seen.add(launch.key)
+            try:
+                r = sm90.compile_launch(launch)
+            except Exception:
+                print("FAILED", launch.name, op, shape, file=sys.stderr)
+                raise
+            out = {k: v for k, v in r.items() if k not in ("ptx", "sass", "ttgir")}
+            out.update(op=op, shape=shape, fp64=len(sm90.fp64_ops(r["ptx"])), ldgsts=r["sass"].count("LDGSTS"),
+                       constexprs={str(k): str(v) for k, v in launch.constexprs.items()})
+            print("RESULT", json.dumps(out), flush=True)
     """
 )
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_compiles_for_sm90(family):
-    specs = FAMILIES[family]
+def _compile(family):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    res = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(specs)], env=env, capture_output=True, text=True,
-                         timeout=600)
-    print(res.stdout)
+    res = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(FAMILIES[family])], env=env, capture_output=True,
+                         text=True, timeout=900, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-4000:]
-    assert res.stdout.count("ok ") == len(specs)
+    return [json.loads(line[len("RESULT "):]) for line in res.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_launched_variants_compile_for_sm90(family):
+    from rsd_kernels.attention.triton_kernel import CTAS_PER_SM
+
+    results = _compile(family)
+    for r in results:
+        print(r["kernel"], r["shape"], "regs", r["regs"], "spill", r["spill_bytes"], "smem", r["smem"],
+              "ctas/SM", r["ctas_per_sm"], "fp64", r["fp64"], "LDGSTS", r["ldgsts"])
+    assert results
+    names = {r["kernel"] for r in results}
+    want = {"attention": {"_tree_attention_kernel", "_combine_kernel"},
+            "verify": {"_node_stats_kernel", "_verify_walk_kernel", "_residual_sample_kernel", "_residual_merge_kernel"},
+            "traversal": {"_node_stats_kernel", "_traversal_walk_kernel", "_traversal_sample_kernel",
+                          "_residual_merge_kernel"},
+            "sampling": {"_topk_partial_kernel", "_sample_merge_kernel", "_beam_merge_kernel"}}[family]
+    assert names == want, names
+    for r in results:
+        assert r["spill_bytes"] == 0, r
+        assert r["ctas_per_sm"] >= 1, r
+        if family == "attention" and r["kernel"] == "_tree_attention_kernel":
+            assert r["ctas_per_sm"] >= CTAS_PER_SM, r  # the one-wave plan counts on it
+            if int(r["shape"]["prefix"]) >= 1024:
+                assert r["ldgsts"] > 0, r  # K/V tiles loaded asynchronously (pipelined)
+        if family in ("verify", "traversal", "sampling") and r["shape"].get("dtype", "bf16") != "fp64":
+            assert r["fp64"] == 0, r  # no double precision in sampling, greedy or the noise

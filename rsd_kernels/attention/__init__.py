@@ -11,7 +11,7 @@ from ..tree import DraftTree
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") -> torch.Tensor:
+def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, validate=True, backend="auto") -> torch.Tensor:
     """Attention of the T tree nodes' queries over the KV cache with the tree mask.
 
     Args:
@@ -22,6 +22,13 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
             ``[B, T, ceil(T/32)]`` int32.
         prefix_lens: ``[B]`` int32/int64 tokens before the root (ragged allowed), or an int.
         scale: softmax scale (a finite real number), default ``1/sqrt(D)``.
+        validate: also check the values of ``prefix_lens`` (``0 <= prefix_lens[b]`` and
+            ``prefix_lens[b] + T <= S``): a device-to-host sync. The decoding loop passes
+            ``False`` (its prefix lengths are right by construction), which keeps a verification
+            forward free of host syncs (CUDA-graph capturable). Shape, dtype and device checks
+            always run.
+    K and V may be strided views (e.g. the KV cache's ``[:, :, :S]`` slices of a preallocated
+    buffer): the Triton and torch backends read them in place, no K/V-sized copy is made.
     Returns ``[B, Hq, T, D]`` in q's dtype: node i sees every prefix key and its ancestors-or-self.
     Padding nodes of a ragged :class:`DraftTree` (``>= num_nodes[b]``) get a row too: they have
     no ancestors, so they attend to the prefix and their own key; the values mean nothing. A
@@ -53,10 +60,10 @@ def tree_attention(q, k, v, tree, prefix_lens, *, scale=None, backend="auto") ->
     if isinstance(prefix_lens, int):
         prefix_lens = torch.full((B,), prefix_lens, dtype=torch.int64, device=dev)
     checks.tensor("prefix_lens", prefix_lens, ndim=1, dtypes=(torch.int32, torch.int64), device=dev, shape=(B,))
-    if (prefix_lens < 0).any() or (prefix_lens + T > S).any():
+    if validate and bool(((prefix_lens < 0) | (prefix_lens + T > S)).any()):
         raise ValueError(f"prefix_lens + T must be within the cache length S={S}; got prefix_lens={prefix_lens.tolist()}, T={T}")
     scale = 1.0 / math.sqrt(D) if scale is None else checks.real_number("scale", scale)
     _, impl = backends.resolve("tree_attention", backend, dev)
-    # kernels index dense row-major tensors: views (e.g. transposed heads) are copied once here
-    return impl(q.contiguous(), k.contiguous(), v.contiguous(), mask_bits.contiguous(),
-                prefix_lens.to(torch.int64).contiguous(), float(scale))
+    if not getattr(impl, "accepts_strided_kv", False):  # a backend that indexes dense K/V only
+        k, v = k.contiguous(), v.contiguous()
+    return impl(q.contiguous(), k, v, mask_bits.contiguous(), prefix_lens.to(torch.int64).contiguous(), float(scale))

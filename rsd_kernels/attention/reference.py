@@ -32,3 +32,6 @@ def tree_attention(q, k, v, mask_bits, prefix_lens, scale: float):
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.matmul(probs, vv).to(q.dtype)
+
+
+tree_attention.accepts_strided_kv = True  # reads K/V views as they are

@@ -18,7 +18,8 @@ Two launches per op, the vocabulary split across programs:
    top-W over a row's ``N * W`` survivors is a small ``torch.topk``.
 
 :func:`launch_plan` sizes the blocks so that the partial grid fills the device (at least two
-programs per SM when the shape allows it).
+programs per SM when the shape allows it). ``seed``, ``offset`` and ``k`` are not specialised
+(``do_not_specialize``): a new step, seed or k reuses the compiled kernels.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def _extract_topk(sc, tok, KMAX, KB: tl.constexpr):
     return top_v, top_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["KMAX", "seed", "offset"])
 def _topk_partial_kernel(logits_ptr, g_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr,
                          V, NB, KMAX, seed, offset,
                          NOISE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr,
@@ -150,7 +151,7 @@ def _merge_row(pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr, r64, NB, KMAX, KB: tl.c
     return m, s, support, top_v, top_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["KMAX"])
 def _sample_merge_kernel(logits_ptr, k_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr, pi_ptr,
                          tok_ptr, lp_ptr, num_ptr, V, NB, KMAX,
                          CT: tl.constexpr, KB: tl.constexpr, NBP: tl.constexpr):
@@ -168,7 +169,7 @@ def _sample_merge_kernel(logits_ptr, k_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, 
     tl.store(num_ptr + r, num)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["W", "seed", "offset"])
 def _beam_merge_kernel(logits_ptr, phi_ptr, G_ptr, g_ptr, temp_ptr, temp_val, pm_ptr, ps_ptr, psup_ptr, pv_ptr,
                        pi_ptr, tok_ptr, phic_ptr, Gc_ptr, V, NB, W, seed, offset,
                        GEN: tl.constexpr, CT: tl.constexpr, KB: tl.constexpr, NBP: tl.constexpr):

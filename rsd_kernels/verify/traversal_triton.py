@@ -32,6 +32,8 @@ from ..triton_noise import STREAM_RESIDUAL, accept_uniform, gumbel, token_unifor
 from .triton_kernel import (MAX_TREE_NODES, NUM_STAGES, _next_pow2, _node_stats, _node_stats_kernel, _probs_at,
                             _residual_merge_kernel, device_sms, launch_plan)
 
+WALK_WARPS = 4  # the walk's warps: with 8, ptxas spills registers at some launched variants (sm_90)
+
 
 @triton.jit
 def _pick(vec, idx, i):
@@ -308,7 +310,7 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
         target_logits, draft_logits, tokens, parents, num_nodes, dummy if uniform is None else uniform, temp,
         float(temperature), stat, path, nacc, stf, sti, rec, passes, T, V, P, nb, seed_arg, int(offset),
         GEN=gen, CT=ctl, PRE=plan["pre"], BLOCK_T=block_t, BLOCK_V=wb, BLOCK_P=_next_pow2(P, 16),
-        NBP=_next_pow2(nb, 2), num_warps=4 if wb <= 1024 else 8,
+        NBP=_next_pow2(nb, 2), num_warps=WALK_WARPS,
     )
     nbs = plan["nb_sample"]
     part = torch.empty(B * nbs * 3, dtype=ct, device=dev)

@@ -30,7 +30,8 @@ Up to four launches, none waiting on the host:
    from ``uniform`` or the ``ACCEPT`` stream.
 4. :func:`_residual_merge_kernel`, one program per row: the winner over the blocks.
 
-Limits: ``T <= MAX_TREE_NODES`` (the per-row state lives in registers of ``next_pow2(T)``).
+``seed``, ``offset``, ``T`` and the path length are not specialised (``do_not_specialize``): a new
+step or tree reuses the compiled kernels. Limits: ``T <= MAX_TREE_NODES`` (the per-row state lives in registers of ``next_pow2(T)``).
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ def _row_argmax(row_ptr, V, CT: tl.constexpr, BLOCK_V: tl.constexpr):
     return arg
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _node_stats_kernel(tl_ptr, dl_ptr, nn_ptr, temp_ptr, temp_val, stat_ptr, arg_ptr, T, V, NB,
                        GREEDY: tl.constexpr, CT: tl.constexpr, BLOCK: tl.constexpr):
     """Program (row b * T + node, block): the block's (m_t, s_t, m_d, s_d), or (greedy) (max, argmax)."""
@@ -184,13 +185,21 @@ def _rejected(p, q, x, n_rej, rej_tok, rej_z, rej_d, idx_t):
 
 
 @triton.jit
-def _probs_at(t_row, d_row, x, mask, temp, m_t, s_t, m_d, s_d, CT: tl.constexpr):
-    """Target and draft softmax probabilities at tokens ``x`` (0 where ``mask`` is false)."""
-    lt = tl.load(t_row + x, mask=mask, other=float("-inf")).to(CT) / temp
-    ld = tl.load(d_row + x, mask=mask, other=float("-inf")).to(CT) / temp
+def _probs_of(lt, ld, temp, m_t, s_t, m_d, s_d, CT: tl.constexpr):
+    """Target and draft softmax probabilities of loaded logits ``lt``, ``ld`` (-inf: probability 0)."""
+    lt = lt.to(CT) / temp
+    ld = ld.to(CT) / temp
     p = tl.where(lt == float("-inf"), 0.0, tl.exp(lt - m_t)) / s_t
     q = tl.where(ld == float("-inf"), 0.0, tl.exp(ld - m_d)) / s_d
     return p, q
+
+
+@triton.jit
+def _probs_at(t_row, d_row, x, mask, temp, m_t, s_t, m_d, s_d, CT: tl.constexpr):
+    """Target and draft softmax probabilities at tokens ``x`` (0 where ``mask`` is false)."""
+    lt = tl.load(t_row + x, mask=mask, other=float("-inf"))
+    ld = tl.load(d_row + x, mask=mask, other=float("-inf"))
+    return _probs_of(lt, ld, temp, m_t, s_t, m_d, s_d, CT)
 
 
 @triton.jit
@@ -251,7 +260,7 @@ def _solve_rho(t_cur, d_cur, V, temp, m_t, s_t, m_d, s_d, k, RHO_TOL, MAX_PASSES
     return rho, n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "P", "seed", "offset"])
 def _verify_walk_kernel(
     tl_ptr, dl_ptr, tok_ptr, par_ptr, nn_ptr, u_ptr, temp_ptr, temp_val, stat_ptr, arg_ptr,
     path_ptr, nacc_ptr, next_ptr, stf_ptr, sti_ptr, rej_ptr, passes_ptr,
@@ -355,13 +364,22 @@ def _verify_walk_kernel(
                         if not PRE:
                             passes += 1
                     else:
-                        # residual mass of max(p_k - q_k, 0): one pass, only at a rejection
+                        # residual mass of max(p_k - q_k, 0): one pass, only at a rejection. The loop
+                        # nests the rejections' loop (not software-pipelined): the next tile's loads
+                        # are issued by hand before the current tile is reduced.
                         z = tl.zeros([], CT)
-                        for v0 in tl.range(0, V, BLOCK_V, num_stages=NUM_STAGES):
+                        lt = tl.load(t_cur + offs0, mask=offs0 < V, other=float("-inf"))
+                        ld = tl.load(d_cur + offs0, mask=offs0 < V, other=float("-inf"))
+                        for v0 in range(0, V, BLOCK_V):
                             offs = v0 + offs0
-                            pv, qv = _probs_at(t_cur, d_cur, offs, offs < V, temp, m_t, s_t, m_d, s_d, CT)
+                            nxt = offs + BLOCK_V
+                            lt_n = tl.load(t_cur + nxt, mask=nxt < V, other=float("-inf"))
+                            ld_n = tl.load(d_cur + nxt, mask=nxt < V, other=float("-inf"))
+                            pv, qv = _probs_of(lt, ld, temp, m_t, s_t, m_d, s_d, CT)
                             pv, qv = _rejected(pv, qv, offs, n_rej, rej_tok, rej_z, rej_d, idx_t)
                             z += tl.sum(tl.maximum(pv - qv, 0.0), 0)
+                            lt = lt_n
+                            ld = ld_n
                         passes += 1
                         rej_tok = tl.where(idx_t == n_rej, x.to(tl.int32), rej_tok)
                         rej_z = tl.where(idx_t == n_rej, z, rej_z)
@@ -442,7 +460,7 @@ def _verify_walk_kernel(
     tl.store(nacc_ptr + b, depth)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "seed", "offset"])
 def _residual_sample_kernel(tl_ptr, dl_ptr, g_ptr, temp_ptr, temp_val, stf_ptr, sti_ptr, rej_ptr, part_ptr, parg_ptr,
                             T, V, NB, seed, offset,
                             MODE: tl.constexpr, GEN: tl.constexpr, CT: tl.constexpr, BLOCK_T: tl.constexpr,
