@@ -11,6 +11,7 @@ import torch
 
 from conftest import kernel_backend_params
 from rsd_kernels import acceptance_law, noise, verify_tree
+from test_kernel_verify import _same, random_logits
 from rsd_kernels.testing import chi_square_pvalue
 from rsd_kernels.verify import traversal_reference
 
@@ -18,10 +19,11 @@ BACKENDS = kernel_backend_params("verify_tree")
 SHAPES = [(1, 1, 37), (3, 7, 61), (4, 16, 300), (2, 33, 129), (5, 12, 2000)]  # (B, T, V)
 
 
-def random_swor_tree(B, T, V, gen, draft_logits, width=3):
+def random_swor_tree(B, T, V, gen, draft_logits=None, width=3):
     """Random topological trees (parents among the previous ``width`` nodes), siblings holding
-    distinct tokens, half of them among their parent's 4 likeliest draft tokens (as in drafted
-    trees, where the target often disagrees: rejections at every level), ragged rows."""
+    distinct tokens, ragged rows. With ``draft_logits``, half the tokens among their parent's 4
+    likeliest draft tokens (as in drafted trees, where the target often disagrees: rejections at
+    every level)."""
     parents = torch.full((B, T), -1, dtype=torch.int32)
     tokens = torch.zeros(B, T, dtype=torch.int64)
     for b in range(B):
@@ -29,24 +31,14 @@ def random_swor_tree(B, T, V, gen, draft_logits, width=3):
             par = int(torch.randint(max(0, i - width), i, (1,), generator=gen))
             parents[b, i] = par
             used = {int(tokens[b, j]) for j in range(1, i) if int(parents[b, j]) == par}
-            likely = draft_logits[b, par].float().topk(min(4, V)).indices.tolist()
-            pool = likely if float(torch.rand(1, generator=gen)) < 0.5 else range(V)
+            pool = range(V)
+            if draft_logits is not None and float(torch.rand(1, generator=gen)) < 0.5:
+                pool = draft_logits[b, par].float().topk(min(4, V)).indices.tolist()
             free = [t for t in pool if t not in used] or [t for t in range(V) if t not in used]
             tokens[b, i] = free[int(torch.randint(0, len(free), (1,), generator=gen))]
     num_nodes = torch.randint(1, T + 1, (B,), generator=gen).to(torch.int32)
     num_nodes[0] = T
     return tokens, parents, num_nodes
-
-
-def random_logits(B, T, V, gen, dtype, closeness):
-    t = torch.randn(B, T, V, generator=gen) * 1.5
-    d = t + closeness * torch.randn(B, T, V, generator=gen)
-    return t.to(dtype), d.to(dtype)
-
-
-def _same(a, b):
-    for x, y, name in zip(a, b, ("path", "num_accepted", "next_token")):
-        assert torch.equal(x.cpu(), y.cpu()), f"{name} differs:\n{x}\n{y}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,7 +21,9 @@ import rsd_kernels.verify.reference as ref
 import rsd_kernels.verify.traversal_reference as trav
 from rsd_kernels import DraftTree, acceptance_law, expected_accepted_length, noise, verify_tree
 from rsd_kernels.methods import TreeConfig, build_tree, merge_spectr_tree, verify_mode
-from rsd_kernels.testing import TableModel, chi_square_pvalue, expected_pairs, first_two_tokens
+from rsd_kernels.testing import chi_square_pvalue, expected_pairs, first_two_tokens
+from test_exactness import models  # noqa: F401  (the table models of the method tests, a fixture)
+from test_kernel_traversal import random_swor_tree
 
 N = 20000
 PASS, CAUGHT = 1e-3, 1e-6
@@ -88,17 +90,8 @@ def test_traversal_accepts_at_least_rrs_on_chains():
     assert e_trav > e_rrs + 1e-3
 
 
-def _random_swor_tree(B, T, V, gen, width=3):
-    parents = torch.full((B, T), -1, dtype=torch.int32)
-    tokens = torch.zeros(B, T, dtype=torch.int64)
-    for b in range(B):
-        for i in range(1, T):
-            par = int(torch.randint(max(0, i - width), i, (1,), generator=gen))
-            parents[b, i] = par
-            used = {int(tokens[b, j]) for j in range(1, i) if int(parents[b, j]) == par}
-            free = [t for t in range(V) if t not in used]
-            tokens[b, i] = free[int(torch.randint(0, len(free), (1,), generator=gen))]
-    return tokens, parents
+def _random_swor_tree(B, T, V, gen):
+    return random_swor_tree(B, T, V, gen)[:2]  # full rows
 
 
 @pytest.mark.parametrize("break_sampler", [False, True])
@@ -156,14 +149,6 @@ def test_greedy_law():
 
 
 # ---------------------------------------------------------------- end to end, real samplers and noise streams
-
-@pytest.fixture(scope="module")
-def models():
-    g = torch.Generator().manual_seed(0)
-    target = TableModel.random(8, 1.5, g)
-    draft = TableModel.random(8, 1.5, g, base=target, noise=1.2)
-    return target, draft
-
 
 E2E = [TreeConfig("sd", (3,)), TreeConfig("rsd-c", (2, 2)), TreeConfig("rsd-s", (3, 2)), TreeConfig("spectr", (3, 2))]
 
