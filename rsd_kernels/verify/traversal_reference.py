@@ -29,8 +29,8 @@ is tested at most once; the root's is never read, its test always passes), and t
 1 when ``p * b(x) >= s(x)``, else the quotient; ``A + 1 - p == 0`` (only ``A == 0``, ``p == 1``)
 keeps ``p``; the compute dtype is float64 for float64 logits, else float32. The update functions
 below are shared with the exact acceptance law (:mod:`rsd_kernels.verify.expected_length`).
-The kernels keep the same per-node scalars and recompute ``b`` and ``s`` elementwise with the
-same operations in the same order.
+The Triton kernel keeps per-rejection scalars and recomputes ``b`` and ``s`` elementwise, the CUDA
+kernel keeps the path's vectors; both with these operations in this order.
 """
 from __future__ import annotations
 
