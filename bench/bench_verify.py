@@ -1,6 +1,7 @@
 """Tree verification. Floor: the target and draft rows of the nodes the walk must visit
 (the accepted path, root included) read once, ``2 * sum_b (num_accepted_b + 1) * V * bytes``
-(greedy: target rows only); tested-but-rejected nodes cost a few scalars."""
+(greedy: target rows only); tested-but-rejected nodes cost a few scalars (traversal: a rejected
+subtree also costs one pass over its parent's rows, not counted in the floor)."""
 import pytest
 import torch
 
@@ -26,12 +27,23 @@ def _inputs(B, T, V):
     return tl_.to(dt), dl.to(dt), tokens.to(DEVICE), parents.to(DEVICE)
 
 
-@pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy"])
+def _distinct_siblings(tokens, parents):
+    """Token = rank among its siblings (0, 1, 2: distinct, favoured by the target): a tree drawn
+    without replacement, as ``mode="traversal"`` requires."""
+    par = parents.long()
+    idx = torch.arange(tokens.shape[1], device=tokens.device)
+    earlier = (par[:, :, None] == par[:, None, :]) & (idx[None, None, :] < idx[None, :, None])
+    return torch.where(idx[None, :] > 0, earlier.sum(-1), tokens)
+
+
+@pytest.mark.parametrize("mode", ["rrs", "kseq", "greedy", "traversal"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_T{}_V{}".format(*s))
 @pytest.mark.parametrize("backend", backend_params("verify_tree"))
 def test_verify_tree(benchmark, backend, shape, mode):
     B, T, V = shape
     tl_, dl, tokens, parents = _inputs(B, T, V)
+    if mode == "traversal":
+        tokens = _distinct_siblings(tokens, parents)
     kw = dict(mode=mode, validate=False, backend=backend)
     if mode != "greedy":
         kw["seed"] = 5

@@ -18,7 +18,8 @@ whatever exists (that is the point: gpu_check.sh calls it whatever failed before
 The goals (issue 21, H200, per kernel backend): tree attention >= 60% of the 4.3 TB/s copy bandwidth
 at B=1 GQA (32/8) prefix 16384 and at B=8; rrs verify_tree <= 25 us at B=1, T=31, V=32000 and <= 60 us
 at B=64, T=31, V=128256 bf16; kseq <= 3x rrs at the same shapes; Gumbel-top-k
-(sample_without_replacement) <= 6 us at 64 x 32000, k=4; every backend equal to the reference. The
+(sample_without_replacement) <= 6 us at 64 x 32000, k=4; every backend equal to the reference; (issue 19)
+verify_tree(mode="traversal") <= 40 us per row at B=1, T=31, V=32000. The
 ratios to SDPA / FlexAttention / the torch reference stay in the table (issue 15's comparisons).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ VERIFY_B1_SHAPE, VERIFY_B1_MAX_US = "(1, 31, 32000)", 25.0
 VERIFY_B64_SHAPE, VERIFY_B64_MAX_US = "(64, 31, 128256)", 60.0
 KSEQ_MAX_X_RRS = 3.0
 SAMPLE_SHAPE, SAMPLE_MAX_US = "(64, 32000, 4)", 6.0
+TRAVERSAL_MAX_US = 40.0  # issue 19: verify_tree(mode="traversal"), microseconds per row at VERIFY_B1_SHAPE
 
 
 # ---------------------------------------------------------------- inputs
@@ -173,6 +175,7 @@ def goals(rows, tests, build_failed=False, tests_partial=False):
             us = 1e6 * r["time_s"]
             mark(r, us <= SAMPLE_MAX_US)
             out.append((label, b, f"{us:.1f} us", "met" if us <= SAMPLE_MAX_US else "MISSED"))
+        out.append(_traversal_goal(rows, b, why))
         t = (tests or {}).get(b)
         if t is None or t["passed"] + t["failed"] == 0:
             out.append(("equal to the reference (kernel tests)", b,
@@ -188,6 +191,19 @@ def goals(rows, tests, build_failed=False, tests_partial=False):
     return out
 
 
+def _traversal_goal(rows, backend, why):
+    """Issue 19's floor: traversal verification at the goal shape, microseconds per row."""
+    label = f"verify_tree traversal <= {TRAVERSAL_MAX_US:g} us/row, B=1 T=31 V=32000"
+    trav = [r for r in rows if r["op"] == "verify_tree" and r["backend"] == backend and r["shape"] == VERIFY_B1_SHAPE
+            and r["mode"] == "traversal"]
+    if not trav:
+        return label, backend, "-", why
+    us = max(1e6 * r["time_s"] / (r.get("rows") or 1) for r in trav)
+    for r in trav:
+        r["goal_misses"] = r.get("goal_misses", 0) + (1e6 * r["time_s"] / (r.get("rows") or 1) > TRAVERSAL_MAX_US)
+    return label, backend, f"{us:.1f} us/row", "met" if us <= TRAVERSAL_MAX_US else "MISSED"
+
+
 # ---------------------------------------------------------------- printing
 
 def _f(v, fmt, dash="-"):
@@ -195,7 +211,7 @@ def _f(v, fmt, dash="-"):
 
 
 def format_bench(rows):
-    fmt = "{:<26} {:<26} {:<6} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
+    fmt = "{:<26} {:<26} {:<9} {:<7} {:>10} {:>10} {:>9} {:>8} {:>8} {:>7} {:>7} {:>7}  {}"
     lines = [fmt.format("op", "shape", "mode", "backend", "time_us", "call_us", "us/row", "GB/s", "of_floor",
                         "x_sdpa", "x_flex", "x_torch", "goal")]
     for r in sorted(rows, key=lambda r: (r["op"], r["shape"], r["mode"], r["backend"])):

@@ -165,7 +165,7 @@ def attention_launches(B, Hq, Hkv, T, D, prefix, dtype="bf16", capacity=None):
 
 
 def verify_launches(mode, B, V, T=31, dtype="bf16", seed=1, offset=0):
-    from rsd_kernels.verify import triton_kernel
+    from rsd_kernels.verify import traversal_triton, triton_kernel
 
     dt = _DT[dtype]
     t = _meta(B, T, V, dtype=dt)
@@ -173,8 +173,9 @@ def verify_launches(mode, B, V, T=31, dtype="bf16", seed=1, offset=0):
     par = _meta(B, T, dtype=torch.int32)
     nn = _meta(B, dtype=torch.int32)
     with record() as rec:
-        triton_kernel.verify(t, None if mode == "greedy" else _meta(B, T, V, dtype=dt), tok, par, nn, mode, 1.0, 8,
-                             seed=None if mode == "greedy" else seed, offset=offset)
+        fn = traversal_triton.verify if mode == "traversal" else triton_kernel.verify
+        fn(t, None if mode == "greedy" else _meta(B, T, V, dtype=dt), tok, par, nn, mode, 1.0, 8,
+           seed=None if mode == "greedy" else seed, offset=offset)
     return rec
 
 

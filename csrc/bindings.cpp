@@ -71,7 +71,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   check_tensor(target_logits, "target_logits", dev, 3);
   const rsd::DType dtype = float_dtype(target_logits, "target_logits");
   const int64_t B = target_logits.size(0), T = target_logits.size(1), V = target_logits.size(2);
-  TORCH_CHECK_VALUE(mode >= 0 && mode <= 2, "mode must be 0 (rrs), 1 (kseq) or 2 (greedy), got ", mode);
+  TORCH_CHECK_VALUE(mode >= 0 && mode <= 3, "mode must be 0 (rrs), 1 (kseq), 2 (greedy) or 3 (traversal), got ", mode);
   const bool greedy = mode == 2;
   TORCH_CHECK_VALUE(T >= 1 && T < (int64_t(1) << 24), "the tree must have between 1 and 2**24 nodes, got T=", T);
   TORCH_CHECK_VALUE(V >= 1 && V < (int64_t(1) << 31), "the vocabulary must have between 1 and 2**31 - 1 tokens, got ", V);
@@ -82,7 +82,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     check_dtype(*draft_logits, "draft_logits", target_logits.scalar_type());
     check_shape(*draft_logits, "draft_logits", target_logits.sizes());
   } else {
-    TORCH_CHECK_VALUE(greedy, "draft_logits is required for the rrs and kseq modes");
+    TORCH_CHECK_VALUE(greedy, "draft_logits is required for the rrs, kseq and traversal modes");
   }
   check_tensor(tokens, "tokens", dev, 2);
   check_dtype(tokens, "tokens", at::kLong);
@@ -102,7 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
     check_dtype(*gumbel, "gumbel", at::kFloat);
     check_shape(*gumbel, "gumbel", {B, V});
   }
-  TORCH_CHECK_VALUE(greedy || temperature > 0, "temperature must be > 0 for the rrs and kseq modes, got ", temperature);
+  TORCH_CHECK_VALUE(greedy || temperature > 0, "temperature must be > 0 for the rrs, kseq and traversal modes, got ",
+                    temperature);
   const uint64_t seed_bits = checked_seed(seed, !greedy && !uniform.has_value());
 
   const c10::cuda::CUDAGuard guard(dev);
@@ -110,16 +111,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   at::Tensor path = at::empty({B, max_depth + 1}, long_opts);
   at::Tensor num_accepted = at::empty({B}, long_opts);
   at::Tensor next_token = at::empty({B}, long_opts);
-  const rsd::VerifyPlan plan = rsd::verify_plan(static_cast<int>(B), static_cast<int>(V), static_cast<int>(T),
-                                                static_cast<rsd::VerifyMode>(mode), dtype, multiprocessor_count(dev));
-  const size_t smem = rsd::verify_smem_bytes(static_cast<int>(T), dtype);
-  TORCH_CHECK_VALUE(smem <= static_cast<size_t>(device_attribute(dev, cudaDevAttrMaxSharedMemoryPerBlockOptin)),
-                    "the CUDA verify_tree keeps per-node arrays in shared memory: T=", T, " nodes need ", smem,
-                    " bytes, more than this GPU has per block");
-  at::Tensor xchg_v = at::empty({B, 2, plan.blocks, rsd::kVerifySlots},
-                                target_logits.options().dtype(compute_dtype(target_logits)));
-  at::Tensor xchg_i = at::empty({B, 2, plan.blocks, 2}, long_opts.dtype(at::kInt));
-  at::Tensor counters = at::empty({B}, long_opts.dtype(at::kInt));
+  const bool traversal = mode == 3;  // its own kernel: one block per row, one law vector per depth of the path
+  const rsd::VerifyPlan plan = traversal ? rsd::VerifyPlan{1, static_cast<int>((V + 3) / 4 * 4)}
+                                         : rsd::verify_plan(static_cast<int>(B), static_cast<int>(V), static_cast<int>(T),
+                                                            static_cast<rsd::VerifyMode>(mode), dtype,
+                                                            multiprocessor_count(dev));
+  if (!traversal) {
+    const size_t smem = rsd::verify_smem_bytes(static_cast<int>(T), dtype);
+    TORCH_CHECK_VALUE(smem <= static_cast<size_t>(device_attribute(dev, cudaDevAttrMaxSharedMemoryPerBlockOptin)),
+                      "the CUDA verify_tree keeps per-node arrays in shared memory: T=", T, " nodes need ", smem,
+                      " bytes, more than this GPU has per block");
+  }
+  const auto work_opts = target_logits.options().dtype(compute_dtype(target_logits));
+  at::Tensor xchg_v = at::empty({traversal ? 0 : B, 2, plan.blocks, rsd::kVerifySlots}, work_opts);
+  at::Tensor xchg_i = at::empty({traversal ? 0 : B, 2, plan.blocks, 2}, long_opts.dtype(at::kInt));
+  at::Tensor counters = at::empty({traversal ? 0 : B}, long_opts.dtype(at::kInt));
+  at::Tensor p_work = at::empty({traversal ? B : 0, max_depth + 1, V}, work_opts);
+  at::Tensor q_work = at::empty_like(p_work);
 
   rsd::VerifyArgs a{};
   a.target_logits = target_logits.data_ptr();
@@ -142,10 +150,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree(
   a.xchg_v = xchg_v.data_ptr();
   a.xchg_i = xchg_i.data_ptr<int32_t>();
   a.counters = reinterpret_cast<uint32_t*>(counters.data_ptr<int32_t>());
+  a.p_work = p_work.data_ptr();
+  a.q_work = q_work.data_ptr();
   a.path = path.data_ptr<int64_t>();
   a.num_accepted = num_accepted.data_ptr<int64_t>();
   a.next_token = next_token.data_ptr<int64_t>();
-  check_launch(rsd::launch_verify_tree(a, dtype, c10::cuda::getCurrentCUDAStream().stream()), "verify_tree");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  check_launch(traversal ? rsd::launch_verify_traversal(a, dtype, stream) : rsd::launch_verify_tree(a, dtype, stream),
+               "verify_tree");
   return {path, num_accepted, next_token};
 }
 
@@ -327,7 +339,8 @@ int64_t attention_splits(int64_t B, int64_t Hq, int64_t Hkv, int64_t T, int64_t 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rsd_kernels CUDA kernels: verify_tree, sample_topk (Gumbel-top-k), tree_attention";
   m.def("verify_tree", &verify_tree,
-        "Verify draft trees (each row's vocabulary split over blocks); mode 0 rrs, 1 kseq, 2 greedy",
+        "Verify draft trees (each row's vocabulary split over blocks; traversal: one block per row); mode 0 rrs, "
+        "1 kseq, 2 greedy, 3 traversal",
         py::arg("target_logits"), py::arg("draft_logits"), py::arg("tokens"), py::arg("parents"), py::arg("num_nodes"),
         py::arg("mode"), py::arg("temperature"), py::arg("max_depth"), py::arg("uniform"), py::arg("gumbel"),
         py::arg("seed"), py::arg("offset"));

@@ -11,7 +11,7 @@ namespace rsd {
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3 };
 
 // ---- verify_tree (verify.cu) ------------------------------------------------------------
-enum class VerifyMode : int { kRRS = 0, kKSeq = 1, kGreedy = 2 };
+enum class VerifyMode : int { kRRS = 0, kKSeq = 1, kGreedy = 2, kTraversal = 3 };
 
 constexpr int kVerifySlots = 32;  // values a block exchanges with its row per step
 
@@ -34,6 +34,8 @@ struct VerifyArgs {
   void* xchg_v;           // [B, 2, blocks, kVerifySlots] of the compute type (double for fp64 logits, else float)
   int32_t* xchg_i;        // [B, 2, blocks, 2]
   uint32_t* counters;     // [B] the rows' barrier counters (the launcher zeroes them)
+  void* p_work;           // mode kTraversal only: [B, max_depth + 1, V] of the compute type each
+  void* q_work;
   int64_t* path;          // [B, max_depth + 1] out, -1 padded
   int64_t* num_accepted;  // [B] out
   int64_t* next_token;    // [B] out
@@ -48,6 +50,9 @@ VerifyPlan verify_plan(int B, int V, int T, VerifyMode mode, DType dtype, int nu
 // Dynamic shared memory of a verify block (the node arrays grow with T).
 size_t verify_smem_bytes(int T, DType dtype);
 cudaError_t launch_verify_tree(const VerifyArgs& args, DType dtype, cudaStream_t stream);
+// mode kTraversal (verify_traversal.cu): p_work / q_work hold [B, max_depth + 1, V] each (the
+// target and draft laws of the nodes on the current root path, one vector per depth).
+cudaError_t launch_verify_traversal(const VerifyArgs& args, DType dtype, cudaStream_t stream);
 
 // ---- Gumbel-top-k without replacement (sampling.cu) --------------------------------------
 constexpr int kMaxSampleK = 64;  // largest k the register top-k supports

@@ -752,7 +752,7 @@ VerifyPlan verify_plan(int B, int V, int T, VerifyMode mode, DType dtype, int nu
   }
   const int64_t slots = static_cast<int64_t>(num_sms) * per_sm;
   int64_t blocks = B > 0 ? slots / B : 1;  // all of a row's blocks resident together (cooperative launch)
-  const int64_t most = (static_cast<int64_t>(V) + kMinSlice - 1) / kMinSlice;
+  const int64_t most = V >= 2 * kMinSlice ? V / kMinSlice : 1;  // a split gives every block >= kMinSlice tokens
   blocks = blocks < 1 ? 1 : (blocks > most ? most : blocks);
   const int64_t slice = ((V + blocks - 1) / blocks + 3) / 4 * 4;
   return VerifyPlan{static_cast<int>((V + slice - 1) / slice), static_cast<int>(slice)};

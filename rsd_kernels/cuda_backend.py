@@ -19,8 +19,9 @@ Kernel notes (see the ``csrc/*.cu`` headers): ``verify_tree`` splits each row's 
 blocks that stay resident together (a cooperative launch) and exchange their partial sums, maxima
 and argmaxes through a small workspace: every vocabulary-wide pass (node statistics, residual
 masses, SpecTr's rho* with 31 bisection midpoints per pass, the final Gumbel argmax) is spread over
-the row's blocks, while each block repeats the scalar walk; ``sample_without_replacement`` splits the vocabulary across blocks (a (vocabulary
-block, row) kernel with all four Philox lanes per call and float32 noise, then a per-row merge)
+the row's blocks, while each block repeats the scalar walk (``mode="traversal"``:
+``verify_traversal.cu``, one block per row); ``sample_without_replacement`` splits the vocabulary
+across blocks (a (vocabulary block, row) kernel with all four Philox lanes per call and float32 noise, then a per-row merge)
 and supports ``k <= 64`` (register top-k);
 ``stochastic_beam_step`` is the per-beam Gumbel-top-``min(width, V)`` kernel followed by a
 torch merge of the ``N * min(width, V)`` candidates (exact: the global top-``width`` lies in
@@ -44,7 +45,7 @@ from .sampling.beam_merge import merge_beam_candidates
 
 __all__ = ["extension", "csrc_dir", "verify", "sample_topk", "beam_step", "tree_attention"]
 
-_MODES = {"rrs": 0, "kseq": 1, "greedy": 2}
+_MODES = {"rrs": 0, "kseq": 1, "greedy": 2, "traversal": 3}
 JIT_NAME = "rsd_kernels_cuda"
 
 

@@ -16,6 +16,12 @@ method     shape                tree                    budget            verify
 
 Depth (draft calls) is capped at :data:`DEFAULT_MAX_DEPTH` for SpecTr, RSD-C and RSD-S
 enumerations unless ``max_depth`` says otherwise (SD's depth is its budget).
+
+SpecTr's chains can also be merged into a prefix tree (``build_tree(..., merge=True)``,
+:func:`merge_spectr_tree`): identical prefixes become one node, children in order of first
+appearance. The distinct tokens of i.i.d. draws, in order of first appearance, are a sample
+without replacement, so the merged tree is verified exactly with ``rrs`` or ``traversal``
+(:func:`verify_mode`), and the target verifies fewer tokens.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from .tree import DraftTree
 
 METHODS = ("sd", "spectr", "rsd-c", "rsd-s")
 VERIFY_MODE = {"sd": "rrs", "spectr": "kseq", "rsd-c": "rrs", "rsd-s": "rrs"}
+VERIFIERS = ("rrs", "traversal")  # the verifiers of trees whose siblings are drawn without replacement
 DEFAULT_MAX_DEPTH = 6
 DEFAULT_DEPTH = 4  # default_config prefers the configuration whose depth is closest to this
 
@@ -138,10 +145,25 @@ def default_config(method: str, budget: int) -> TreeConfig:
     return min(cands, key=lambda c: (abs(c.depth - DEFAULT_DEPTH), -c.shape[0], c.shape))
 
 
+def verify_mode(config: TreeConfig, verifier: str = "rrs", merged: bool = False) -> str:
+    """The ``verify_tree`` mode for ``config``'s trees under ``verifier`` (``"rrs"`` or
+    ``"traversal"``): SpecTr's unmerged i.i.d. chains need ``"kseq"`` (and refuse traversal);
+    every other tree -- merged SpecTr included -- takes the verifier itself."""
+    if verifier not in VERIFIERS:
+        raise ValueError(f"verifier must be one of {VERIFIERS}, got {verifier!r}")
+    if config.method == "spectr" and not merged:
+        if verifier == "traversal":
+            raise ValueError("verifier='traversal' needs SpecTr's i.i.d. chains merged into a prefix tree "
+                             "(build_tree(..., merge=True)); unmerged chains are verified with mode='kseq'")
+        return "kseq"
+    return verifier
+
+
 class DraftedTree(NamedTuple):
     tree: DraftTree
     draft_logits: torch.Tensor | None  # [B, T, V] raw draft logits at each node (zeros at unexpanded leaves)
     draft_calls: int
+    source: torch.Tensor | None = None  # [B, T] int64: each node's index in the tree as drafted (merged trees; -1 padding)
 
 
 DraftFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -149,7 +171,7 @@ DraftFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 
 def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn, *, temperature=1.0, top_k=None,
                top_p=None, generator=None, seed=None, offset=0, backend="auto", draft_logits=True,
-               validate=True) -> DraftedTree:
+               validate=True, merge=False) -> DraftedTree:
     """Grow ``config``'s tree from ``root_tokens [B]`` with one ``draft_fn`` call per level.
 
     ``draft_fn(level, nodes, tokens, parents)`` gets the ``[B, n]`` int64 indices of the nodes
@@ -159,7 +181,10 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
     l draws from the Philox streams at ``offset + l``. ``draft_logits=False`` skips assembling
     the per-node draft logits (``DraftedTree.draft_logits`` is then ``None``; greedy verification
     never reads them). ``validate=False`` skips the samplers' data checks of the draft logits
-    (NaN/inf), for a caller whose draft_fn output is known to be well formed.
+    (NaN/inf), for a caller whose draft_fn output is known to be well formed. ``merge=True``
+    merges SpecTr's chains into a prefix tree (:func:`merge_spectr_tree`; ``source`` maps its
+    nodes to the tree as drafted); other methods' siblings are already distinct, their trees
+    come back unchanged.
     """
     if not isinstance(config, TreeConfig):
         raise TypeError(f"config must be a TreeConfig, got {type(config).__name__}")
@@ -256,7 +281,44 @@ def build_tree(config: TreeConfig, root_tokens: torch.Tensor, draft_fn: DraftFn,
             add(tok, par, ok)
             frontier = torch.where(ok, torch.arange(start, start + tok.shape[1], device=dev)[None, :], -1)
             phi, G = phi_new, G_new
-    return _assemble(cols_tok, cols_par, cols_ok, expanded if draft_logits else None, config.depth)
+    out = _assemble(cols_tok, cols_par, cols_ok, expanded if draft_logits else None, config.depth)
+    return merge_spectr_tree(out) if merge and m == "spectr" else out
+
+
+def merge_spectr_tree(drafted: DraftedTree) -> DraftedTree:
+    """Merge identical prefixes: a node whose parent (after merging) already has a child with
+    its token becomes that child. The kept nodes stay in index order, so children come in order
+    of first appearance -- for SpecTr's chains (chain order within a level) a sample without
+    replacement of the draft at their parent, verifiable with ``rrs`` or ``traversal``.
+    Returns the merged tree (ragged rows), the kept nodes' draft logits and ``source``, each
+    merged node's index in ``drafted.tree``.
+    """
+    tree = drafted.tree
+    tok, par, valid = tree.tokens, tree.parents.long(), tree.valid
+    B, T = tok.shape
+    idx = torch.arange(T, device=tok.device)
+    rep = idx.expand(B, T).clone()  # rep[b, j]: the merged node of node j (its first occurrence)
+    for j in range(1, T):
+        par_rep = rep.gather(1, par[:, j:j + 1].clamp(min=0))
+        earlier_par_rep = rep.gather(1, par[:, :j].clamp(min=0))
+        same = (valid[:, :j] & (idx[:j] > 0) & (rep[:, :j] == idx[:j]) & (earlier_par_rep == par_rep)
+                & (tok[:, :j] == tok[:, j:j + 1]))
+        rep[:, j] = torch.where(valid[:, j] & same.any(1), same.long().argmax(1), j)
+    keep = valid & (rep == idx)
+    n = keep.sum(1)
+    Tm = int(n.max())
+    source = torch.argsort((~keep).long(), dim=1, stable=True)[:, :Tm]  # kept nodes first, in index order
+    in_row = idx[None, :Tm] < n[:, None]
+    new_idx = torch.cumsum(keep.long(), 1) - 1  # a kept node's index in the merged tree
+    par_m = new_idx.gather(1, rep.gather(1, par.clamp(min=0)).gather(1, source))
+    par_m = torch.where(in_row & (idx[None, :Tm] > 0), par_m, -1)
+    tok_m = torch.where(in_row, tok.gather(1, source), 0)
+    dl = drafted.draft_logits
+    dl_m = None if dl is None else dl.gather(1, source[..., None].expand(B, Tm, dl.shape[-1]))
+    if drafted.source is not None:  # merging a merged tree: map to the tree as drafted
+        source = drafted.source.gather(1, source)
+    merged = DraftTree(tok_m, par_m.to(torch.int32), n.to(torch.int32))
+    return DraftedTree(merged, dl_m, drafted.draft_calls, torch.where(in_row, source, -1))
 
 
 def _assemble(cols_tok, cols_par, cols_ok, expanded, calls):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .methods import TreeConfig, build_tree
+from .methods import TreeConfig, build_tree, verify_mode
 from .verify import verify_tree
 from .warp import warp_logits
 
@@ -35,14 +35,15 @@ class TableModel:
         return torch.softmax(warp_logits(self.logits, temperature, top_k, top_p), -1)
 
 
-def _block(config, roots, target, draft, temperature, top_k, top_p, seed, offset, backend, verify_backend):
+def _block(config, roots, target, draft, temperature, top_k, top_p, seed, offset, backend, verify_backend,
+           verifier="rrs", merge=False):
     def draft_fn(level, nodes, tokens, parents):
         return draft.logits[tokens.gather(1, nodes.clamp(min=0))]
 
     drafted = build_tree(config, roots, draft_fn, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         offset=offset, backend=backend)
+                         offset=offset, backend=backend, merge=merge)
     tree = drafted.tree
-    mode = "greedy" if temperature == 0 else config.verify_mode
+    mode = "greedy" if temperature == 0 else verify_mode(config, verifier, merged=merge)
     res = verify_tree(target.logits[tree.tokens], drafted.draft_logits, tree, mode=mode, temperature=temperature,
                       top_k=top_k, top_p=top_p, seed=seed, offset=offset + 1000, backend=verify_backend)
     emitted = torch.where(res.path >= 0, tree.tokens.gather(1, res.path.clamp(min=0)), -1)[:, 1:]
@@ -53,15 +54,20 @@ def _block(config, roots, target, draft, temperature, top_k, top_p, seed, offset
 
 
 def first_two_tokens(config: TreeConfig, target: TableModel, draft: TableModel, *, root: int, n: int, seed: int,
-                     temperature=1.0, top_k=None, top_p=None, backend="torch", verify_backend=None):
-    """``[n, 2]`` first two tokens emitted after ``root`` by draft-and-verify blocks."""
+                     temperature=1.0, top_k=None, top_p=None, backend="torch", verify_backend=None, verifier="rrs",
+                     merge=False):
+    """``[n, 2]`` first two tokens emitted after ``root`` by draft-and-verify blocks.
+
+    ``verifier`` ``"rrs"`` or ``"traversal"`` (:func:`rsd_kernels.methods.verify_mode`: SpecTr's
+    unmerged chains take ``kseq``); ``merge=True`` merges SpecTr's chains into a prefix tree."""
     verify_backend = verify_backend or backend
     roots = torch.full((n,), root, dtype=torch.int64)
-    first = _block(config, roots, target, draft, temperature, top_k, top_p, seed, 0, backend, verify_backend)
+    ver = dict(verifier=verifier, merge=merge)
+    first = _block(config, roots, target, draft, temperature, top_k, top_p, seed, 0, backend, verify_backend, **ver)
     need = first[:, 1] < 0
     if bool(need.any()):
         second = _block(config, first[need, 0].contiguous(), target, draft, temperature, top_k, top_p, seed, 1 << 20,
-                        backend, verify_backend)
+                        backend, verify_backend, **ver)
         first[need, 1] = second[:, 0]
     return first[:, :2]
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "emulation"
 CUDA_INCLUDE = Path("/usr/local/cuda/include")
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
-MODE_CODE = {"rrs": 0, "kseq": 1, "greedy": 2}
+MODE_CODE = {"rrs": 0, "kseq": 1, "greedy": 2, "traversal": 3}
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not (CUDA_INCLUDE / "cuda_fp16.h").exists(),
                                 reason="needs g++ and the CUDA headers (cuda_fp16.h) to build the CPU emulation")
@@ -38,8 +38,8 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None or not (CUDA_INCLUDE
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    srcs = [ROOT / "csrc" / n for n in ("verify.cu", "sampling.cu", "tree_attention.cu", "common.cuh", "philox.cuh",
-                                        "ptx.cuh", "rsd_kernels.h")]
+    csrc = ROOT / "csrc"
+    srcs = sorted(csrc.glob("*.cu")) + sorted(csrc.glob("*.cuh")) + [csrc / "rsd_kernels.h"]
     srcs += [EMU / n for n in ("host_shim.h", "harness.cc", "build.sh")]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in srcs)).hexdigest()[:16]
     so = Path(tempfile.gettempdir()) / "rsd-kernels-emu" / f"libemu-{key}.so"  # cached by source hash

@@ -215,3 +215,23 @@ def test_peer_honours_the_budget(pair):
         hook.remove()
     assert counts[9] < counts[2], counts
     assert draft.generation_config.num_assistant_tokens == before
+
+
+def test_eval_with_both_verifiers(pair, tmp_path, capsys):
+    """``--verifier rrs,traversal``: every configuration once per verifier, recorded in the run; the
+    summary names the verifier; a rerun adds nothing; a file of one verifier extends with the other."""
+    out = tmp_path / "v.json"
+    base = ("--datasets", "wmt", "--no-peer", "--budgets", "6")
+    assert _eval(pair, out, *base, "--verifier", "rrs") == 0
+    assert {r["verifier"] for r in json.loads(out.read_text())["runs"]} == {"rrs"}
+    assert _eval(pair, out, *base, "--verifier", "rrs,traversal", "--plot", str(tmp_path / "fig")) == 0
+    printed = capsys.readouterr().out
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["method"], r["verifier"]) for r in runs) == sorted(
+        (m, v) for m in ("sd", "spectr", "rsd-c", "rsd-s") for v in ("rrs", "traversal"))
+    assert all(r["block_efficiency"] >= 1.0 for r in runs)
+    assert "traversal" in printed and (tmp_path / "fig.png").stat().st_size > 0
+    assert _eval(pair, out, *base, "--verifier", "traversal,rrs") == 0
+    assert len(json.loads(out.read_text())["runs"]) == len(runs)  # resume: nothing run twice
+    with pytest.raises(ValueError, match="verifiers must be among"):
+        EvalSettings(verifiers=("block",))

@@ -80,3 +80,28 @@ def test_plot_draws_intervals_where_runs_have_them(tmp_path, monkeypatch):
     assert drawn[0][0] == [6, 10] and drawn[0][2] == [pytest.approx([0.1, 0.1]), pytest.approx([0.2, 0.2])]
     drawn.clear()
     assert P.plot_results(RESULTS, str(tmp_path / "no_ci")) and drawn == []
+
+
+def test_two_verifiers_give_one_line_per_method_and_verifier(tmp_path, monkeypatch):
+    """Runs recorded with verifiers: best points per verifier (a run without one is ``rrs``), the
+    first verifier (traversal) in the method's style, the other faint and hollow, each once."""
+    from matplotlib.axes import Axes
+
+    runs = [dict(r) for r in RESULTS["runs"] if "error" not in r]  # older records: no verifier field
+    trav = [dict(r, verifier="traversal", block_efficiency=r["block_efficiency"] + 0.1) for r in runs]
+    both = dict(RESULTS, runs=runs + trav)
+    assert P.verifiers_of(both) == ["traversal", "rrs"]
+    assert P.best_points(both, "rrs")[("m", "wmt")]["rsd-s"][10]["block_efficiency"] == 2.6
+    assert P.best_points(both, "traversal")[("m", "wmt")]["rsd-s"][10]["block_efficiency"] == pytest.approx(2.7)
+    lines = []
+    real = Axes.plot
+
+    def record(self, x, y, *a, **kw):
+        lines.append((kw.get("color"), kw.get("alpha"), kw.get("markerfacecolor"), tuple(y)))
+        return real(self, x, y, *a, **kw)
+
+    monkeypatch.setattr(Axes, "plot", record)
+    P.plot_results(both, str(tmp_path / "fig"))
+    rsd_s = [l for l in lines if l[0] == "tab:blue"]  # rsd-s lines; block efficiency on wmt below
+    assert [l[1:3] for l in rsd_s if l[3] == (2.4, 2.6)] == [(0.55, "none")]  # rrs: faint, hollow, once
+    assert [l[1:3] for l in rsd_s if l[3] == pytest.approx((2.5, 2.7))] == [(None, None)]  # traversal: its style

@@ -122,6 +122,18 @@ VERIFY_NAMES = {"target_logits", "draft_logits", "tokens", "parents", "num_nodes
                 "top_p", "uniform", "gumbel", "seed", "offset", "backend", "tree"}
 
 
+def _equal_siblings(rows, num_nodes):
+    """Whether a row's real nodes include two siblings with the same token."""
+    for b, (tok, par) in enumerate(rows):
+        n = len(tok) if num_nodes is None else int(num_nodes[b])
+        seen = set()
+        for j in range(1, min(n, len(tok))):
+            if (par[j], tok[j]) in seen:
+                return True
+            seen.add((par[j], tok[j]))
+    return False
+
+
 def _verify_body(backend):
     def body(data):
         ok = Validity(data)
@@ -137,7 +149,9 @@ def _verify_body(backend):
             good = ok()
             num_nodes = torch.tensor([data.draw(st.integers(1 if good else 0, T if good else T + 1)) for _ in range(B)],
                                      dtype=torch.int32)
-        mode = pick(data, ["rrs", "kseq", "greedy"], ["bogus", None], ok(), "mode")
+        mode = pick(data, ["rrs", "kseq", "greedy", "traversal"], ["bogus", None], ok(), "mode")
+        if mode == "traversal" and _equal_siblings(rows, num_nodes):
+            ok.all_valid = False  # traversal refuses siblings holding one token (a ValueError naming the mode)
         Vt = pick(data, [V], [V + 1], ok())  # mismatched vocabularies
         tl = logits(data, (B, T, V), dtype, nonfinite=not ok())
         dl = None if (mode == "greedy" and data.draw(st.booleans())) else logits(data, (B, T, Vt), dtype, nonfinite=not ok())

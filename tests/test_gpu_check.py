@@ -46,6 +46,8 @@ def test_report_goals(tmp_path, capsys):
         _bench("e", "tree_attention", "(8, 32, 8, 31, 128, 4127)", "triton", 1000.0, nb8 / 4, prefix=4096),  # 8%
         _bench("f", "tree_attention", "(1, 32, 32, 31, 128, 4127)", "triton", 1000.0, nb, prefix=4096),  # no goal
     ]
+    rows += [_bench("t", "verify_tree", "(1, 31, 32000)", "triton", 30.0, 1e5, "traversal"),  # its own floor, 40 us
+             _bench("t", "verify_tree", "(1, 31, 32000)", "cuda", 45.0, 1e5, "traversal")]
     for mode, t1, t64, c1 in (("rrs", 20.0, 70.0, 30.0), ("kseq", 50.0, 150.0, 100.0), ("greedy", 5.0, 20.0, 9.0)):
         rows += [_bench("v", "verify_tree", "(1, 31, 32000)", "triton", t1, 1e5, mode),
                  _bench("v", "verify_tree", "(64, 31, 128256)", "triton", t64, 1e8, mode),
@@ -76,6 +78,8 @@ def test_report_goals(tmp_path, capsys):
     assert goals[("verify_tree kseq <= 3x rrs, same shapes", "cuda")] == "MISSED"  # 3.33x
     assert goals[("sample_without_replacement <= 6 us, 64x32000 k=4", "triton")] == "met"
     assert goals[("sample_without_replacement <= 6 us, 64x32000 k=4", "cuda")] == "MISSED"
+    assert goals[("verify_tree traversal <= 40 us/row, B=1 T=31 V=32000", "triton")] == "met"
+    assert goals[("verify_tree traversal <= 40 us/row, B=1 T=31 V=32000", "cuda")] == "MISSED"
     assert goals[("equal to the reference (kernel tests)", "triton")] == "met"
     assert goals[("equal to the reference (kernel tests)", "cuda")] == "MISSED"
     assert "tests    FAILED (rc 1)" in out and "65%" in out and "no e2e results" in out
@@ -91,7 +95,7 @@ def test_report_without_any_results(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "TIMEOUT (rc 124)" in out and "(no benchmark rows)" in out
     lines = _goal_lines(out)
-    assert len(lines) == 14 and all("not measured" in l for l in lines)
+    assert len(lines) == 16 and all("not measured" in l for l in lines)
     assert all("(build failed)" in l for l in lines if " cuda " in l)
 
 

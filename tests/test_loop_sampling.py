@@ -1,6 +1,7 @@
 """Sampling exactness of the whole loop: the first generated token's empirical distribution over
 repeated single-block runs matches the target's next-token distribution (chi-square), for every
-method; a deliberately broken verifier fails the same test.
+method (and under ``verifier="traversal"`` on depth-2 trees); a deliberately broken verifier fails
+the same test.
 
 Set-up: embedded target, prompt "Tell me a number between 1 and 10." (chat template), temperature
 1: the target's first token is flat-ish (top-5 tokens 0.15/0.10/0.08/0.08/0.07, rest 0.52). Bins:
@@ -29,14 +30,14 @@ CONFIGS = [("sd", "1"), ("spectr", "3x1"), ("rsd-c", "3"), ("rsd-s", "3x1")]
 pytestmark = pytest.mark.slow
 
 
-def first_token_pvalue(method, config, n=N):
+def first_token_pvalue(method, config, n=N, verifier=None):
     tgt = embedded_target().model
     ids = chat_ids(PROMPT)
     with torch.no_grad():
         p = torch.softmax(tgt(input_ids=torch.tensor([ids])).logits[0, -1].double(), -1)
     top = p.topk(5).indices.tolist()
     expected = torch.cat([p[top], (1 - p[top].sum()).view(1)]) * n
-    dec = Decoder(tgt, BiasedDraft(tgt, scale=2.0), method, config, temperature=1.0, seed=0)
+    dec = Decoder(tgt, BiasedDraft(tgt, scale=2.0), method, config, temperature=1.0, seed=0, verifier=verifier)
     dec.prefill(ids)
     snap = dec.snapshot()
     counts = [0] * 6
@@ -53,6 +54,15 @@ def first_token_pvalue(method, config, n=N):
 def test_first_token_matches_target(method, config):
     pvalue, counts, accepted = first_token_pvalue(method, config)
     assert 0 < accepted < N, f"acceptance {accepted}/{N}: the test must see acceptances and rejections"
+    assert pvalue > ALPHA, f"{method}: counts {counts}, p={pvalue:.2e}"
+
+
+@pytest.mark.parametrize("method,config", [("rsd-s", "3x2")])
+def test_first_token_matches_target_traversal(method, config):
+    """The same test under Traversal Verification, on a depth-2 tree (on depth 1 it is RRS; every
+    method's tree under traversal: tests/test_traversal.py, on table models, at 20000 rows)."""
+    pvalue, counts, accepted = first_token_pvalue(method, config, verifier="traversal")
+    assert 0 < accepted, f"no acceptance in {N} runs"
     assert pvalue > ALPHA, f"{method}: counts {counts}, p={pvalue:.2e}"
 
 

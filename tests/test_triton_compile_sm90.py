@@ -42,6 +42,9 @@ FAMILIES = {
                ("verify_tree", dict(mode="greedy", B=1, V=32000)),
                ("verify_tree", dict(mode="greedy", B=64, V=128256, dtype="fp32")),
                ("verify_tree", dict(mode="rrs", B=2, V=1000, dtype="fp64"))],
+    "traversal": [("verify_tree", dict(mode="traversal", B=1, V=32000)),
+                  ("verify_tree", dict(mode="traversal", B=64, V=128256)),
+                  ("verify_tree", dict(mode="traversal", B=2, V=1000, dtype="fp64"))],
     "sampling": [("sample_without_replacement", dict(R=64, V=32000, k=4)),
                  ("sample_without_replacement", dict(R=30, V=32000, k=4, dtype="fp32")),
                  ("sample_without_replacement", dict(R=4, V=1000, k=64, dtype="fp16")),
@@ -95,6 +98,8 @@ def test_launched_variants_compile_for_sm90(family):
     names = {r["kernel"] for r in results}
     want = {"attention": {"_tree_attention_kernel", "_combine_kernel"},
             "verify": {"_node_stats_kernel", "_verify_walk_kernel", "_residual_sample_kernel", "_residual_merge_kernel"},
+            "traversal": {"_node_stats_kernel", "_traversal_walk_kernel", "_traversal_sample_kernel",
+                          "_residual_merge_kernel"},
             "sampling": {"_topk_partial_kernel", "_sample_merge_kernel", "_beam_merge_kernel"}}[family]
     assert names == want, names
     for r in results:
@@ -104,5 +109,5 @@ def test_launched_variants_compile_for_sm90(family):
             assert r["ctas_per_sm"] >= CTAS_PER_SM, r  # the one-wave plan counts on it
             if int(r["shape"]["prefix"]) >= 1024:
                 assert r["ldgsts"] > 0, r  # K/V tiles loaded asynchronously (pipelined)
-        if family in ("verify", "sampling") and r["shape"].get("dtype", "bf16") != "fp64":
+        if family in ("verify", "traversal", "sampling") and r["shape"].get("dtype", "bf16") != "fp64":
             assert r["fp64"] == 0, r  # no double precision in sampling, greedy or the noise

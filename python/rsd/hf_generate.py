@@ -52,13 +52,13 @@ _NEUTRAL = {"num_beams": (1,), "num_beam_groups": (1,), "num_return_sequences": 
 
 def generate(model, inputs=None, generation_config=None, *, draft_model=None, method: str = "rsd-s",
              budget: int | None = None, config=None, seed: int | None = None, attention: str = "sdpa",
-             backend: str = "auto", **kwargs):
+             backend: str = "auto", verifier: str | None = None, **kwargs):
     """``model.generate(..., custom_generate=CUSTOM_GENERATE_PATH, trust_remote_code=True, ...)``.
 
     Args beyond ``generate``'s own: ``draft_model`` (needed unless ``method="ar"``), ``method``
     (``ar``, ``sd``, ``spectr``, ``rsd-c``, ``rsd-s``), ``budget`` or ``config`` (the tree; see
     :func:`rsd.engine.configs.resolve_config`), ``seed`` (Philox seed; rows use disjoint counters of it),
-    ``attention`` and ``backend`` as in :func:`rsd.generate`.
+    ``attention``, ``backend`` and ``verifier`` as in :func:`rsd.generate`.
     """
     from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -100,7 +100,7 @@ def generate(model, inputs=None, generation_config=None, *, draft_model=None, me
 
     prompts = [input_ids[r, input_ids.shape[1] - lengths[r]:].tolist() for r in range(input_ids.shape[0])]
     res = generate_batch(model, draft_model, prompts, method, config, budget, **samp, max_new_tokens=max_new,
-                         seed=seed, eos_token_id=eos or None, attention=attention, backend=backend)
+                         seed=seed, eos_token_id=eos or None, attention=attention, backend=backend, verifier=verifier)
     rows = res.tokens
     width = max(len(t) for t in rows)
     if pad is None and any(len(t) < width for t in rows):

@@ -8,8 +8,10 @@ import torch
 from .. import backends, checks, noise
 from ..tree import DraftTree
 from ..warp import needs_warp, warp_logits
+from .expected_length import AcceptanceLaw, acceptance_law, expected_accepted_length
+from .traversal_reference import check_siblings_distinct
 
-MODES = ("rrs", "kseq", "greedy")
+MODES = ("rrs", "kseq", "greedy", "traversal")
 
 
 class VerifyResult(NamedTuple):
@@ -30,7 +32,10 @@ def verify_tree(target_logits, draft_logits, tokens, parents=None, *, mode="rrs"
             only for ``mode="greedy"``.
         tokens, parents: the tree (``[B, T]`` int64 / int32), or a :class:`DraftTree` as
             ``tokens`` with ``parents=None``. ``num_nodes [B]`` int32 for ragged rows.
-        mode: ``"rrs"`` (SD, RSD-C, RSD-S), ``"kseq"`` (SpecTr) or ``"greedy"``. Greedy: a
+        mode: ``"rrs"`` (SD, RSD-C, RSD-S), ``"kseq"`` (SpecTr), ``"traversal"`` (Traversal
+            Verification: exact for siblings drawn without replacement -- SD, RSD-C, RSD-S and
+            merged SpecTr trees -- and never accepting less than ``rrs`` in expectation on a
+            chain; see :mod:`rsd_kernels.verify.traversal_reference`) or ``"greedy"``. Greedy: a
             node matches when its token is the target's argmax at its parent (lowest index on
             ties); the accepted path is the longest root path of matching nodes, among equally
             long ones the first in sampling order (so a deeper match under a later sibling
@@ -77,6 +82,8 @@ def verify_tree(target_logits, draft_logits, tokens, parents=None, *, mode="rrs"
         if temperature == 0:
             raise ValueError(f"temperature=0 means greedy decoding: use mode='greedy', not mode={mode!r}")
     if validate:
+        if mode == "traversal":
+            check_siblings_distinct(tree)
         checks.finite_logits("target_logits", target_logits, rows_mask=tree.valid)
         if not greedy:
             checks.finite_logits("draft_logits", draft_logits, rows_mask=tree.valid)

@@ -6,7 +6,7 @@ csrc=$(cd "$here/../../csrc" && pwd)
 out=$1
 mkdir -p "$out"
 cuda_inc=${CUDA_INCLUDE:-/usr/local/cuda/include}
-for f in verify sampling tree_attention; do
+for f in verify verify_traversal sampling tree_attention; do
   # kernel<<<grid, block, smem, stream>>>(p);  ->  emu::launch(kernel, grid, block, smem, p);
   # extern __shared__ T name[];                ->  T* name = (T*)emu::dyn_smem();
   sed -E -e 's/([A-Za-z_][A-Za-z0-9_]*<[^;]*>)<<<([^,]+), ([^,]+), ([^,]+), [^>]+>>>\(([a-z_]+)\);/emu::launch(\1, \2, \3, \4, \5);/' \
@@ -17,4 +17,4 @@ for f in verify sampling tree_attention; do
 done
 cp "$here/harness.cc" "$out/harness.cc"
 ${CXX:-g++} -std=c++20 -O2 -ffp-contract=off -fPIC -shared -pthread -Wno-attributes -include "$here/host_shim.h" \
-  -I"$csrc" -I"$cuda_inc" "$out/verify.cc" "$out/sampling.cc" "$out/tree_attention.cc" "$out/harness.cc" -o "$out/libemu.so"
+  -I"$csrc" -I"$cuda_inc" "$out/verify.cc" "$out/verify_traversal.cc" "$out/sampling.cc" "$out/tree_attention.cc" "$out/harness.cc" -o "$out/libemu.so"

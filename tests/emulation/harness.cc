@@ -45,6 +45,13 @@ int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens
   a.path = path;
   a.num_accepted = num_accepted;
   a.next_token = next_token;
+  const size_t csize = dtype == 3 ? sizeof(double) : sizeof(float);
+  if (a.mode == rsd::VerifyMode::kTraversal) {  // p_work / q_work: [B, max_depth + 1, V] each
+    std::vector<unsigned char> wp(static_cast<size_t>(B) * (max_depth + 1) * V * csize), wq(wp.size());
+    a.p_work = wp.data();
+    a.q_work = wq.data();
+    return rsd::launch_verify_traversal(a, static_cast<rsd::DType>(dtype), nullptr) == cudaSuccess ? 0 : 1;
+  }
   rsd::VerifyPlan plan = rsd::verify_plan(B, V, T, a.mode, static_cast<rsd::DType>(dtype), 2);
   if (blocks > 0) {
     const int slice = ((V + blocks - 1) / blocks + 3) / 4 * 4;
@@ -52,7 +59,6 @@ int emu_verify_tree(const void* target, const void* draft, const int64_t* tokens
   }
   a.blocks = plan.blocks;
   a.slice = plan.slice;
-  const size_t csize = dtype == 3 ? sizeof(double) : sizeof(float);
   std::vector<unsigned char> xv(static_cast<size_t>(B) * 2 * plan.blocks * rsd::kVerifySlots * csize);
   std::vector<int32_t> xi(static_cast<size_t>(B) * 2 * plan.blocks * 2);
   std::vector<uint32_t> counters(B, 12345u);  // the launcher must zero them

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import sys
 
-from rsd_kernels.methods import METHODS
+from rsd_kernels.methods import METHODS, VERIFIERS
+
+from ..engine.configs import DEFAULT_VERIFIER
 
 DEFAULT_BUDGET = 10
 # explicit tree flags: flag -> (method, metavar)
@@ -52,6 +54,10 @@ def add_parser(subparsers):
                    help="verification attention: transformers with a 4D tree mask (sdpa/eager) or "
                         "rsd_kernels.tree_attention (rsd)")
     p.add_argument("--backend", default="auto", help="rsd_kernels backend: auto, torch, triton, cuda")
+    p.add_argument("--verifier", choices=VERIFIERS, default=DEFAULT_VERIFIER,
+                   help=f"tree verifier (default {DEFAULT_VERIFIER}): rrs = token-level recursive rejection sampling "
+                        "(SpecTr: k-sequential on its i.i.d. chains), traversal = Traversal Verification (SpecTr's "
+                        "chains merged into a prefix tree); both exact, the same under greedy decoding")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     p.add_argument("--draft-dtype", default=None, choices=("float32", "float16", "bfloat16"),
@@ -158,7 +164,7 @@ def run(args) -> int:
     line = summary_line(res, baseline)
     if args.json:
         out = {"prompt": args.prompt, "text": text, "target": tgt.label, "draft": None if drf is None else drf.label,
-               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "summary": line,
+               "verifier": args.verifier, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "summary": line,
                "result": res.to_dict(), "baseline": None if baseline is None else baseline.to_dict(),
                "speedup": (res.tokens_per_s / baseline.tokens_per_s) if baseline and baseline.tokens_per_s else None}
         print(json.dumps(out))
@@ -176,7 +182,7 @@ def _loop_setup(args, tgt, drf):
 
     common = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                   max_new_tokens=args.max_new_tokens, seed=args.seed, eos_token_id=eos_ids(tgt.tokenizer, tgt.model),
-                  attention=args.attention, backend=args.backend)
+                  attention=args.attention, backend=args.backend, verifier=args.verifier)
     target_adapter = ModelAdapter(tgt.model, attention=args.attention, kernel_backend=args.backend)
     draft_adapter = None if drf is None else ModelAdapter(drf.model, attention="eager" if args.attention == "eager"
                                                           else "sdpa", kernel_backend=args.backend)
@@ -217,7 +223,7 @@ def run_batch(args, tgt, drf, texts, method, cfg) -> int:
                      "result": r.to_dict()})
     if args.json:
         print(json.dumps({"target": tgt.label, "draft": None if drf is None else drf.label, "batch": len(batch),
-                          "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+                          "verifier": args.verifier, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                           "summary": total_line, "tokens_per_s": res.tokens_per_s, "num_tokens": res.num_tokens,
                           "decode_s": res.decode_s, "prefill_s": res.prefill_s, "rows": rows,
                           "baseline_tokens_per_s": None if base is None else base.tokens_per_s,

@@ -38,7 +38,7 @@ import torch
 import rsd_kernels
 
 from .adapter import ModelAdapter
-from .loop import Decoder, _prompt_tensor, final_slots, split_draft_path
+from .loop import Decoder, _prompt_tensor, split_draft_path, tree_slots
 from .results import BlockStats, GenerationResult, Timed, cut_new_tokens, eos_set
 from .kvcache import BatchKVBuffer
 
@@ -413,7 +413,7 @@ class BatchDecoder:
         root = torch.tensor(self.roots, dtype=torch.long, device=dev)
         drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
                                          backend=self.backend, draft_logits=samp["temperature"] > 0,
-                                         validate=False)
+                                         validate=False, merge=self.dec.merge)
         tree = drafted.tree
         T = tree.max_nodes
         anc, depth = tree.dense_mask, tree.depth.long()
@@ -430,7 +430,7 @@ class BatchDecoder:
             logits = tgt.run(tree.tokens, pos, ws, allowed, [T] * B)
         t2 = time.perf_counter()
         greedy = samp["temperature"] == 0
-        res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode="greedy" if greedy else cfg.verify_mode,
+        res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode="greedy" if greedy else self.dec.mode,
                                       **samp, seed=self.seed, offset=self.block, backend=self.backend, validate=False)
         paths = [[int(i) for i in row if i >= 0] for row in res.path.tolist()]
         nxt = res.next_token.tolist()
@@ -446,7 +446,7 @@ class BatchDecoder:
             keeps, pendings = [], []
             for b in range(B):
                 seen = None if levels.seen_ok is None else levels.seen_ok[b]
-                keep_d, pend = split_draft_path(paths[b], final_slots(levels.slots[b], seen, T))
+                keep_d, pend = split_draft_path(paths[b], tree_slots(levels.slots[b], seen, drafted, b))
                 keeps.append(keep_d)
                 pendings.append(pend)
         drf.cache.move_tails((levels.root_slot + 1).tolist(), keeps)
@@ -466,7 +466,7 @@ class BatchDecoder:
 def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, budget: int | None = None, *,
                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                    max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-                   backend: str = "auto", progress=None) -> BatchGenerationResult:
+                   backend: str = "auto", progress=None, verifier: str | None = None) -> BatchGenerationResult:
     """:func:`rsd.generate` on a batch of prompts (a list of token lists, or a 2-D tensor): one tree
     per row per block, batched forwards, ragged acceptance; arguments as in :func:`rsd.generate`
     (``progress(num_new_tokens)`` gets the block's total over all rows)."""
@@ -478,11 +478,12 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
     if not prompts:
         raise ValueError("prompts is empty: at least one prompt is needed")
     dec = BatchDecoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
-                       seed=seed, attention=attention, backend=backend)
+                       seed=seed, attention=attention, backend=backend, verifier=verifier)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     eos = eos_set(eos_token_id)
-    rows = [GenerationResult([], method, dec.config, seed=dec.seed) for _ in prompts]
+    rows = [GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.dec.verifier if dec.config else None)
+            for _ in prompts]
     out = BatchGenerationResult(rows, method)
     out.prefill_s = dec.prefill(prompts)
     for r in rows:

@@ -1,10 +1,29 @@
-"""Which tree a method uses: the methods the loop runs and :func:`resolve_config` (an explicit
-configuration, or the method's documented default for a budget)."""
+"""Which tree a method uses and how it is verified: the methods the loop runs, :func:`resolve_config`
+(an explicit configuration, or the method's documented default for a budget) and
+:func:`resolve_verifier` (the verifier, the ``verify_tree`` mode and whether SpecTr's chains are merged)."""
 from __future__ import annotations
 
-from rsd_kernels.methods import METHODS, TreeConfig, default_config, parse_config
+from rsd_kernels.methods import METHODS, VERIFIERS, TreeConfig, default_config, parse_config, verify_mode
 
 ALL_METHODS = ("ar",) + METHODS
+DEFAULT_VERIFIER = "rrs"
+
+
+def resolve_verifier(config: TreeConfig | None, verifier: str | None = None) -> tuple[str, str | None, bool]:
+    """``(verifier, verify_tree mode, merge SpecTr's chains)`` for ``config``'s trees.
+
+    ``verifier``: ``"rrs"`` (token-level: RRS without replacement for SD, RSD-C, RSD-S; SpecTr's
+    k-sequential selection on its i.i.d. chains) or ``"traversal"`` (Traversal Verification; SpecTr's
+    chains are merged into a prefix tree first, which it verifies exactly); ``None``:
+    :data:`DEFAULT_VERIFIER`. The mode is ``None`` for ``ar`` (no tree).
+    """
+    verifier = DEFAULT_VERIFIER if verifier is None else verifier
+    if verifier not in VERIFIERS:
+        raise ValueError(f"verifier must be one of {VERIFIERS}, got {verifier!r}")
+    if config is None:
+        return verifier, None, False
+    merge = config.method == "spectr" and verifier == "traversal"
+    return verifier, verify_mode(config, verifier, merged=merge), merge
 
 
 def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:

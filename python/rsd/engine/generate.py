@@ -11,7 +11,7 @@ from .results import GenerationResult, cut_new_tokens, eos_set
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-             backend: str = "auto", progress=None) -> GenerationResult:
+             backend: str = "auto", progress=None, verifier: str | None = None) -> GenerationResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
 
     Args:
@@ -28,6 +28,11 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             for the target's verification forward).
         backend: the ``rsd_kernels`` backend for every tree op.
         progress: optional callable ``progress(num_new_tokens)`` called after each block.
+        verifier: ``"rrs"`` (token-level recursive rejection sampling; SpecTr's k-sequential
+            selection on its i.i.d. chains) or ``"traversal"`` (Traversal Verification: exact,
+            accepts at least as much in expectation on our measurements; SpecTr's chains are
+            merged into a prefix tree first); ``None``: :data:`rsd.engine.configs.DEFAULT_VERIFIER`.
+            Greedy decoding (temperature 0) is the same under both.
 
     Raises ``ValueError`` for an unknown method, a config that does not match the budget,
     target and draft vocabularies that differ, or a prompt that leaves no room in the context.
@@ -39,13 +44,14 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
     if is_batch(prompt_ids):
         return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
                               top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                              eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
+                              eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress,
+                              verifier=verifier)
     dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
-                  seed=seed, attention=attention, backend=backend)
+                  seed=seed, attention=attention, backend=backend, verifier=verifier)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     eos = eos_set(eos_token_id)
-    result = GenerationResult([], method, dec.config, seed=dec.seed)
+    result = GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.verifier if dec.config else None)
     result.prefill_s = dec.prefill(prompt_ids)
     while len(result.tokens) < max_new_tokens:
         if not dec.fits():

@@ -6,7 +6,9 @@ One **block** of a speculative method:
 1. the draft grows the method's tree from the root (the last committed token) with one draft
    forward per level (:func:`rsd_kernels.build_tree`);
 2. the target runs one verification forward over root + tree nodes (tree attention);
-3. :func:`rsd_kernels.verify_tree` walks the tree: the accepted path and a next token;
+3. :func:`rsd_kernels.verify_tree` walks the tree: the accepted path and a next token (the
+   verifier: ``rrs`` / SpecTr's ``kseq``, or ``traversal``, for which SpecTr's chains are merged
+   into a prefix tree first: :func:`rsd.engine.configs.resolve_verifier`);
 4. both KV caches are compacted to prefix + accepted path (:meth:`ModelAdapter.keep_path`:
    only the path's keys/values move; the prefix stays in place).
 
@@ -38,7 +40,7 @@ import rsd_kernels
 from rsd_kernels import checks, noise
 
 from .adapter import ModelAdapter
-from .configs import resolve_config
+from .configs import resolve_config, resolve_verifier
 from .results import BlockStats
 
 
@@ -71,8 +73,9 @@ class Decoder:
     """
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, *, temperature=0.0, top_k=None,
-                 top_p=None, seed=None, attention="sdpa", backend="auto"):
+                 top_p=None, seed=None, attention="sdpa", backend="auto", verifier=None):
         self.config = resolve_config(method, config, budget)
+        self.verifier, self.mode, self.merge = resolve_verifier(self.config, verifier)
         self.method = method
         self.temperature = checks.temperature(temperature)
         if self.temperature > 0:  # validate the warps once, up front
@@ -148,9 +151,26 @@ class Decoder:
             out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
         else:
             out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
-                            self.backend)
+                            self.backend, self.mode, self.merge)
         self.block += 1
         return out
+
+    def propose(self):
+        """Steps 1-2 of the next block, committing nothing: ``(drafted, target_logits)``, the tree
+        the block would verify (SpecTr's merged when the verifier needs it) with its draft logits,
+        and the target's logits ``[1, T, V]`` at its nodes. Both caches are cut back to their
+        lengths before, so :meth:`step` then runs the same block (same noise)."""
+        if self.state is None or self.config is None:
+            raise RuntimeError("propose() needs a speculative method and a prefill(prompt_ids) first")
+        lengths = self.target.length, self.draft.length
+        drafted, _ = _draft_tree(self.draft, self.config, self.state, self.samp, self.seed, self.block, self.backend,
+                                 self.merge, self.target.device)
+        try:
+            target_logits = self.target.forward_tree(drafted.tree)
+        finally:
+            self.target.crop(lengths[0])
+            self.draft.crop(lengths[1])
+        return drafted, target_logits
 
     def snapshot(self):
         return (self.target.snapshot(), None if self.draft is None else self.draft.snapshot(),
@@ -214,32 +234,49 @@ def _ar_step(tgt, state, samp, seed, block):
     return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, t2 - t1)
 
 
-def _verify(target_logits, drafted, cfg, samp, seed, block, backend):
+def _verify(target_logits, drafted, mode, samp, seed, block, backend):
     """The accepted path (tree node indices from the root) and the next token."""
     greedy = samp["temperature"] == 0
     res = rsd_kernels.verify_tree(target_logits, drafted.draft_logits, drafted.tree,
-                                  mode="greedy" if greedy else cfg.verify_mode, **samp, seed=seed, offset=block,
+                                  mode="greedy" if greedy else mode, **samp, seed=seed, offset=block,
                                   backend=backend, validate=False)
     return [int(i) for i in res.path[0].tolist() if i >= 0], int(res.next_token[0])
 
 
-def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
-    """One block; updates both caches and ``state``; returns the committed tokens. An EAGLE draft
-    (``state.feats`` set) reads features; see the comment above :func:`_eagle_prefill`."""
-    dev = tgt.device
-    t0 = time.perf_counter()
+def _draft_tree(drf, cfg, state, samp, seed, block, backend, merge, device):
+    """Step 1 of a block: ``(drafted, levels)``, the tree (merged when ``merge``) and its draft_fn."""
     eagle = state.feats is not None
     levels = (_EagleLevels(drf, state.pending, state.feats, cfg.budget + 1) if eagle
               else _DraftLevels(drf, state.pending, cfg.budget + 1))
-    root = torch.tensor([state.root], dtype=torch.long, device=dev)
+    root = torch.tensor([state.root], dtype=torch.long, device=device)
     drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
-                                     draft_logits=samp["temperature"] > 0, validate=False)
+                                     draft_logits=samp["temperature"] > 0, validate=False, merge=merge)
+    return drafted, levels
+
+
+def tree_slots(levels_slots, seen_ok, drafted, row=0) -> list[int]:
+    """Draft cache slot of each node of the verified tree (:func:`final_slots`), a merged tree's
+    nodes through ``drafted.source`` (a merged node's slot is its first occurrence's: the same
+    token at the same position after the same tokens, so the same keys and values)."""
+    T = drafted.tree.max_nodes
+    if drafted.source is None:
+        return final_slots(levels_slots, seen_ok, T)
+    built = final_slots(levels_slots, seen_ok, int(levels_slots.shape[-1]))
+    return [built[s] if s >= 0 else -1 for s in drafted.source[row].tolist()]
+
+
+def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend, mode, merge):
+    """One block; updates both caches and ``state``; returns the committed tokens. An EAGLE draft
+    (``state.feats`` set) reads features; see the comment above :func:`_eagle_prefill`."""
+    t0 = time.perf_counter()
+    eagle = state.feats is not None
+    drafted, levels = _draft_tree(drf, cfg, state, samp, seed, block, backend, merge, tgt.device)
     tree = drafted.tree
     t1 = time.perf_counter()
     prefix = tgt.length
     target_logits = tgt.forward_tree(tree)
     t2 = time.perf_counter()
-    path, nxt = _verify(target_logits, drafted, cfg, samp, seed, block, backend)
+    path, nxt = _verify(target_logits, drafted, mode, samp, seed, block, backend)
     t3 = time.perf_counter()
     # compaction: the target keeps prefix + path (the root included); the draft what it has of the path
     tgt.keep_path(prefix, path)
@@ -248,7 +285,7 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend):
         pending = path[1:]
         state.feats = tgt.features[0][torch.tensor(path, device=tgt.device)].to(drf.dtype)
     else:
-        keep_d, pending = split_draft_path(path, final_slots(levels.slots, levels.seen_ok, tree.max_nodes))
+        keep_d, pending = split_draft_path(path, tree_slots(levels.slots, levels.seen_ok, drafted))
         drf.cache.move_tail(levels.root_slot + 1, keep_d)
     t4 = time.perf_counter()
     toks = tree.tokens[0].tolist()

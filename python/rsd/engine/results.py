@@ -56,6 +56,7 @@ class GenerationResult(Timed):
     prefill_s: float = 0.0
     stop_reason: str = "max_new_tokens"  # or "eos", "context"
     seed: int = 0
+    verifier: str | None = None  # "rrs" or "traversal" (None for ar)
 
     @property
     def target_calls(self) -> int:
@@ -90,6 +91,7 @@ class GenerationResult(Timed):
         return {
             "method": self.method, "config": None if self.config is None else str(self.config),
             "budget": None if self.config is None else self.config.budget, "seed": self.seed,
+            "verifier": self.verifier,
             "tokens": list(self.tokens), "num_tokens": len(self.tokens), "stop_reason": self.stop_reason,
             "block_efficiency": self.block_efficiency, "tokens_per_s": self.tokens_per_s,
             "target_calls": self.target_calls, "draft_calls": self.draft_calls,

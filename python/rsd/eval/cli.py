@@ -29,6 +29,7 @@ def _names(text):
 def add_eval_parser(subparsers):
     from rsd_kernels.methods import DEFAULT_MAX_DEPTH, METHODS
 
+    from ..engine.configs import DEFAULT_VERIFIER
     from .runner import CONFIG_MODES, DATASETS
 
     p = subparsers.add_parser(
@@ -43,6 +44,9 @@ def add_eval_parser(subparsers):
                    help="comma-separated data set specs: wmt, xsum, dolly (built-in), NAME:PATH (local JSON/JSONL), "
                         "NAME:hub (datasets.load_dataset)")
     p.add_argument("--methods", type=_names, default=METHODS, help=f"comma-separated, from {','.join(METHODS)}")
+    p.add_argument("--verifier", type=_names, default=None, metavar="NAMES",
+                   help=f"tree verifier(s), comma-separated: rrs, traversal (default {DEFAULT_VERIFIER}); with both, "
+                        "each configuration runs under each and the figure gets one line per method and verifier")
     p.add_argument("--budgets", type=_ints, default=None, help="comma-separated budgets (default 6,10,14,21,30)")
     p.add_argument("--items", type=int, default=None, help="prompts per data set (default 8; 0: all)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64")
@@ -98,6 +102,8 @@ def settings_from_args(args):
               max_configs=args.max_configs, max_depth=args.max_depth,
               attention=args.attention, backend=args.backend, peer=not args.no_peer, threads=args.threads,
               param_ratio=args.param_ratio, dtype=args.dtype)
+    if args.verifier is not None:
+        kw["verifiers"] = args.verifier
     quick = QUICK if args.quick else {}
     for key in ("items", "budgets", "max_new_tokens", "configs"):
         value = getattr(args, key)
@@ -156,29 +162,32 @@ def _fmt(v, nd=2):
 
 def format_summary(results: dict) -> str:
     """A table of the best configuration per (data set, method, budget), plus the baselines."""
-    from .plot import best_points
+    from .plot import best_points, verifiers_of
 
     lines = []
     models = results.get("models") or {}
     if models:
         lines.append(f"target: {models.get('target')}\ndraft:  {models.get('draft')}\n"
                      f"param ratio r = {models.get('param_ratio'):.4f} ({models.get('param_ratio_source')})")
-    best = best_points(results)
-    for (model, ds), cell in best.items():
+    verifiers = verifiers_of(results) if results.get("runs") else []
+    best = {v: best_points(results, v) for v in verifiers}
+    for model, ds in dict.fromkeys(k for bv in best.values() for k in bv):
         ar = next((r for r in results.get("ar", []) if (r["model"], r["dataset"], r["method"]) == (model, ds, "ar")), None)
         rep = next((r for r in results.get("ar", []) if (r["model"], r["dataset"], r["method"]) == (model, ds, "ar_repeat")),
                    None)
         lines.append(f"\n{model} on {ds}: ar {ar['tokens']} tokens, {_fmt(ar['tokens_per_s'], 1)} tok/s, "
                      f"{ar['metric']} {_fmt(ar['score'], 3)}; ar_repeat accuracy {_fmt((rep or {}).get('accuracy'))}"
                      if ar else f"\n{model} on {ds}")
-        lines.append(f"  {'method':7s} {'budget':>6s} {'config':16s} {'tau':>6s} {'tau 95% CI':>13s} {'MBSU':>6s} "
-                     f"{'rate':>6s} {'acc':>6s}")
+        lines.append(f"  {'method':7s} {'verifier':9s} {'budget':>6s} {'config':16s} {'tau':>6s} {'tau 95% CI':>13s} "
+                     f"{'MBSU':>6s} {'rate':>6s} {'acc':>6s}")
         for method in ("sd", "spectr", "rsd-c", "rsd-s"):
-            for b, run in sorted(cell.get(method, {}).items()):
-                ci = run.get("block_efficiency_ci")
-                ci = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
-                lines.append(f"  {method:7s} {b:6d} {run['config']:16s} {_fmt(run['block_efficiency']):>6s} {ci:>13s} "
-                             f"{_fmt(run['mbsu']):>6s} {_fmt(run['token_rate']):>6s} {_fmt(run['accuracy']):>6s}")
+            for v in verifiers:
+                for b, run in sorted(best[v].get((model, ds), {}).get(method, {}).items()):
+                    ci = run.get("block_efficiency_ci")
+                    ci = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "n/a"
+                    lines.append(f"  {method:7s} {v:9s} {b:6d} {run['config']:16s} {_fmt(run['block_efficiency']):>6s} "
+                                 f"{ci:>13s} {_fmt(run['mbsu']):>6s} {_fmt(run['token_rate']):>6s} "
+                                 f"{_fmt(run['accuracy']):>6s}")
         for p in results.get("peer", []):
             if (p["model"], p["dataset"]) == (model, ds):
                 lines.append(f"  {'hf-assisted':11s} {p['budget']:2d} rate {_fmt(p.get('token_rate'))}"

@@ -12,7 +12,10 @@ column shows, as a grey dashed line, the accuracy of a second autoregressive pas
 seeds (``ar_repeat``): how far from 1.0 an exact method can land by sampling noise alone.
 Points whose run has a confidence interval (``block_efficiency_ci``, ``mbsu_ci``,
 ``token_rate_ci``: bootstrap over items, written by ``rsd eval``) carry it as an error bar in the
-method's colour; results without them (older files) plot without bars.
+method's colour; results without them (older files) plot without bars. Results that hold runs of
+more than one verifier (``rsd eval --verifier rrs,traversal``) get one line per method and
+verifier: the first of :func:`verifiers_of` (traversal when present) in the method's style, the
+others in the method's colour, thin and faint, with hollow markers.
 """
 from __future__ import annotations
 
@@ -44,12 +47,26 @@ def load_results(path: str) -> dict:
     return results
 
 
-def best_points(results: dict) -> dict:
+def run_verifier(run: dict) -> str:
+    """The verifier of a results record (files written before verifiers were recorded: ``rrs``)."""
+    return run.get("verifier") or "rrs"
+
+
+def verifiers_of(results: dict) -> list[str]:
+    """The verifiers of the method runs, traversal first."""
+    vs = {run_verifier(r) for r in results["runs"] if r.get("method") in METHOD_STYLES}
+    return sorted(vs, key=lambda v: (v != "traversal", v))
+
+
+def best_points(results: dict, verifier: str | None = None) -> dict:
     """``{(model, dataset): {method: {budget: run}}}``, ``run`` the configuration with the highest
-    block efficiency among the finished runs of that method and budget."""
+    block efficiency among the finished runs of that method and budget (of ``verifier`` only,
+    when given)."""
     best: dict = {}
     for run in results["runs"]:
         if run.get("method") not in METHOD_STYLES or not _finite(run.get("block_efficiency")):
+            continue
+        if verifier is not None and run_verifier(run) != verifier:
             continue
         cell = best.setdefault((run["model"], run["dataset"]), {}).setdefault(run["method"], {})
         cur = cell.get(run["budget"])
@@ -71,6 +88,11 @@ def noise_levels(results: dict) -> dict:
     """``{(model, dataset): accuracy of the repeated autoregressive pass}`` where recorded."""
     return {(r["model"], r["dataset"]): r["accuracy"] for r in results.get("ar", [])
             if r.get("method") == "ar_repeat" and _finite(r.get("accuracy"))}
+
+
+def _faint(style: dict) -> dict:
+    """A method's style for a second verifier: the same colour, thin, faint, hollow markers."""
+    return dict(style, linewidth=0.9, alpha=0.55, markerfacecolor="none")
 
 
 def _finite(v):
@@ -95,14 +117,16 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
 
     if isinstance(results, str):
         results = load_results(results)
-    best = best_points(results)
-    if not best:
+    verifiers = verifiers_of(results)
+    by_verifier = {v: best_points(results, v) for v in verifiers}
+    row_keys = {key for bv in by_verifier.values() for key in bv}  # (model, data set)
+    if not row_keys:
         raise ValueError("results hold no finished method runs to plot")
     peers = peer_points(results)
     noise = noise_levels(results)
     order = results.get("datasets_order") or list(DATASET_LABELS)
-    rows = sorted(best, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
-    budgets = sorted({b for cell in best.values() for m in cell.values() for b in m})
+    rows = sorted(row_keys, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
+    budgets = sorted({b for bv in by_verifier.values() for cell in bv.values() for m in cell.values() for b in m})
 
     has_ci = False
     fig, axes = plt.subplots(len(rows), 4, figsize=(13, 2.3 * len(rows) + 0.9), squeeze=False)
@@ -110,18 +134,22 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
         model, dataset = key
         for c, (field, label) in enumerate(COLUMNS):
             ax = axes[r][c]
-            for method, (_, style) in METHOD_STYLES.items():
-                pts = sorted((b, run[field], interval(run, field)) for b, run in best[key].get(method, {}).items()
-                             if _finite(run.get(field)))
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, **style)
-                bars = [p for p in pts if p[2]]
-                if bars:
-                    below = [max(0.0, y - ci[0]) for _, y, ci in bars]
-                    above = [max(0.0, ci[1] - y) for _, y, ci in bars]
-                    ax.errorbar([b for b, _, _ in bars], [y for _, y, _ in bars], yerr=[below, above], fmt="none",
-                                ecolor=style["color"], elinewidth=0.8, capsize=2.5, alpha=0.75)
-                    has_ci = True
+            for vi, v in reversed(list(enumerate(verifiers))):
+                for method, (_, style) in METHOD_STYLES.items():
+                    pts = sorted((b, run[field], interval(run, field))
+                                 for b, run in by_verifier[v].get(key, {}).get(method, {}).items()
+                                 if _finite(run.get(field)))
+                    if pts and vi == 0:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, **style)
+                    elif pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], **_faint(style))
+                    bars = [p for p in pts if p[2]] if vi == 0 else []
+                    if bars:
+                        below = [max(0.0, y - ci[0]) for _, y, ci in bars]
+                        above = [max(0.0, ci[1] - y) for _, y, ci in bars]
+                        ax.errorbar([b for b, _, _ in bars], [y for _, y, _ in bars], yerr=[below, above], fmt="none",
+                                    ecolor=style["color"], elinewidth=0.8, capsize=2.5, alpha=0.75)
+                        has_ci = True
             if field == "token_rate":
                 ax.axhline(1.0, color="0.75", linewidth=0.8, zorder=0)
                 pts = sorted(peers.get(key, {}).items())
@@ -130,7 +158,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
             if field == "accuracy":
                 if key in noise:
                     ax.axhline(noise[key], zorder=0, **NOISE_STYLE[1])
-                vals = [run[field] for m in best[key].values() for run in m.values() if _finite(run.get(field))]
+                vals = [run[field] for bv in by_verifier.values() for m in bv.get(key, {}).values()
+                        for run in m.values() if _finite(run.get(field))]
                 vals += [noise[key]] if key in noise else []
                 # the seed's 0.7..1.3, widened (never clipped) when a value falls outside
                 ax.set_ylim(min([0.7] + [v - 0.05 for v in vals]), max([1.3] + [v + 0.05 for v in vals]))
@@ -147,6 +176,10 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
                 ax.set_ylabel(f"{model}\non {DATASET_LABELS.get(dataset, dataset)}", fontsize=8)
     fig.supxlabel("num. tokens at the target", fontsize=10, y=0.045 if len(rows) > 2 else 0.08)
     handles = [Line2D([], [], label=lab, **sty) for lab, sty in METHOD_STYLES.values()]
+    if len(verifiers) > 1:  # which line is which verifier
+        verifier_style = dict(color="0.2", marker="o", markersize=4)
+        handles.append(Line2D([], [], label=f"{verifiers[0]} verifier", linewidth=1.3, **verifier_style))
+        handles += [Line2D([], [], label=f"{v} verifier", **_faint(verifier_style)) for v in verifiers[1:]]
     if peers:
         handles.append(Line2D([], [], label=PEER_STYLE[0], **PEER_STYLE[1]))
     if noise:

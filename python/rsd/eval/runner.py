@@ -6,7 +6,9 @@ For one target/draft pair and each data set, :func:`run_grid` runs
    and accuracy; and a second ``ar`` pass with other seeds (``ar_repeat``) whose accuracy
    against the first shows how large sampling noise is on that many prompts;
 2. every selected configuration of SD, SpecTr, RSD-C and RSD-S at every budget
-   (:func:`grid_configs`), on the same prompts, seeds and sampling settings;
+   (:func:`grid_configs`), under each verifier of ``verifiers`` (``rrs``: token-level, SpecTr's
+   k-sequential selection; ``traversal``: Traversal Verification, SpecTr's chains merged; see
+   :func:`rsd.engine.configs.resolve_verifier`), on the same prompts, seeds and sampling settings;
 3. the peer baseline: Hugging Face ``generate(..., assistant_model=draft)`` (assisted
    generation) with ``num_assistant_tokens = budget`` (constant schedule), plus Hugging Face's
    own target-only ``generate`` as its reference (:mod:`rsd.eval.peer`).
@@ -47,10 +49,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from rsd_kernels.methods import DEFAULT_DEPTH, DEFAULT_MAX_DEPTH, METHODS, TreeConfig, configs_for_budget, default_config
+from rsd_kernels.methods import (DEFAULT_DEPTH, DEFAULT_MAX_DEPTH, METHODS, VERIFIERS, TreeConfig, configs_for_budget,
+                                 default_config)
+
+from ..engine.configs import DEFAULT_VERIFIER
 
 from . import metrics as M
 from .datasets import EvalSet, load_eval_set
+from .plot import run_verifier
 
 SCHEMA = "rsd-eval/1"
 BUDGETS = (6, 10, 14, 21, 30)
@@ -107,9 +113,13 @@ class EvalSettings:
     threads: int = 1
     param_ratio: float | None = None  # override of draft params / target params
     dtype: str = "float32"
+    verifiers: tuple = (DEFAULT_VERIFIER,)  # each configuration runs under each verifier
 
     def __post_init__(self):
         self.datasets, self.methods, self.budgets = tuple(self.datasets), tuple(self.methods), tuple(self.budgets)
+        self.verifiers = (self.verifiers,) if isinstance(self.verifiers, str) else tuple(self.verifiers)
+        if not self.verifiers or any(v not in VERIFIERS for v in self.verifiers):
+            raise ValueError(f"verifiers must be among {VERIFIERS}, got {self.verifiers}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"methods must be among {METHODS}, got {bad}")
@@ -132,7 +142,8 @@ class EvalSettings:
         new one's.
         """
         d = dataclasses.asdict(self)
-        for k in ("threads", "peer", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth"):
+        for k in ("threads", "peer", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth",
+                  "verifiers"):
             d.pop(k)
         digest = draft_weights_digest(self.draft)
         if digest is not None:
@@ -162,8 +173,8 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 QUICK = dict(items=2, budgets=(6, 10), max_new_tokens=8, configs="default")
 
 
-def run_key(model, dataset, method, config) -> str:
-    return f"{model}|{dataset}|{method}|{config}"
+def run_key(model, dataset, method, config, verifier="rrs") -> str:
+    return f"{model}|{dataset}|{method}|{config}|{verifier}"
 
 
 def load_or_new_results(path: str, settings: EvalSettings, *, overwrite: bool = False) -> dict:
@@ -270,14 +281,15 @@ def load_pair(settings: EvalSettings, log=print) -> Pair:
 
 # ---------------------------------------------------------------- one configuration over a data set
 
-def _decode_set(pair: Pair, adapters, prompts, settings: EvalSettings, method, config, seed0, bar):
+def _decode_set(pair: Pair, adapters, prompts, settings: EvalSettings, method, config, seed0, bar, verifier=None):
     from rsd.engine.generate import generate
 
     outs = []
     for i, ids in enumerate(prompts):
         r = generate(adapters[0], adapters[1], ids, method, config, temperature=settings.temperature,
                      top_k=settings.top_k, top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
-                     seed=seed0 + i, eos_token_id=pair.eos, attention=settings.attention, backend=settings.backend)
+                     seed=seed0 + i, eos_token_id=pair.eos, attention=settings.attention, backend=settings.backend,
+                     verifier=verifier)
         outs.append(r)
         if bar is not None:
             bar.update(1)
@@ -353,16 +365,16 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
     for name in settings.datasets:
         if name not in results["datasets_order"]:
             results["datasets_order"].append(name)
-    done = {run_key(r["model"], r["dataset"], r["method"], r["config"]) for r in results["runs"]}
+    done = {run_key(r["model"], r["dataset"], r["method"], r["config"], run_verifier(r)) for r in results["runs"]}
     done_ar = {(r["model"], r["dataset"], r["method"]) for r in results["ar"]}
     done_peer = {(r["model"], r["dataset"], r["budget"]) for r in results["peer"]}
     done_hf_ar = {(r["model"], r["dataset"]) for r in results["hf_ar"]}
     adapters = (ModelAdapter(pair.target, attention=settings.attention, kernel_backend=settings.backend),
                 ModelAdapter(pair.draft, attention="sdpa", kernel_backend=settings.backend))
 
-    plan = [(m, b, c) for m in settings.methods for b in settings.budgets
+    plan = [(m, b, c, v) for m in settings.methods for b in settings.budgets
             for c in grid_configs(m, b, max_depth=settings.max_depth, mode=settings.configs,
-                                  max_configs=settings.max_configs)]
+                                  max_configs=settings.max_configs) for v in settings.verifiers]
     tqdm = _tqdm(progress)
     t_start = time.perf_counter()
     for name in settings.datasets:
@@ -376,10 +388,10 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
             return [pair.tokenizer.decode(r.tokens, skip_special_tokens=True).strip() for r in outs]
 
         # warm-up (untimed): one short generation of each kind
-        warm = [("ar", None)] + ([(plan[-1][0], plan[-1][2])] if plan else [])
-        for m, c in warm:
+        warm = [("ar", None, None)] + ([(plan[-1][0], plan[-1][2], plan[-1][3])] if plan else [])
+        for m, c, v in warm:
             _decode_set(pair, adapters, prompts[:1], dataclasses.replace(settings, max_new_tokens=4), m, c,
-                        settings.seed, None)
+                        settings.seed, None, v)
 
         for kind, seed0 in (("ar", settings.seed), ("ar_repeat", settings.seed + 1_000_003)):
             if (pair.model, name, kind) in done_ar:
@@ -396,17 +408,17 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
         rep["accuracy"] = _nan_if_error(M.accuracy, rep["score"], ar["score"])
         rep["token_rate"] = _nan_if_error(M.token_rate, rep["tokens"], rep["wall_s"], ar["tokens"], ar["wall_s"])
 
-        todo = [(m, b, c) for m, b, c in plan if run_key(pair.model, name, m, str(c)) not in done]
+        todo = [(m, b, c, v) for m, b, c, v in plan if run_key(pair.model, name, m, str(c), v) not in done]
         bar = tqdm(total=len(todo) * len(prompts), desc=f"{name} grid ({len(todo)} configs)")
-        for method, budget, config in todo:
-            bar.set_postfix_str(str(config))
-            outs = _decode_set(pair, adapters, prompts, settings, method, config, settings.seed, bar)
+        for method, budget, config, verifier in todo:
+            bar.set_postfix_str(f"{config} {verifier}")
+            outs = _decode_set(pair, adapters, prompts, settings, method, config, settings.seed, bar, verifier)
             outputs = texts(outs)
             s = summarize(outs, outputs, evalset)
             tau = _nan_if_error(M.block_efficiency, s["tokens_per_item"], s["target_calls_per_item"])
             mbsu = _nan_if_error(M.mbsu, tau, ratio, config.depth) if math.isfinite(tau) else float("nan")
             rec = {"model": pair.model, "dataset": name, "method": method, "config": str(config),
-                   "shape": list(config.shape), "budget": budget, "depth": config.depth,
+                   "verifier": verifier, "shape": list(config.shape), "budget": budget, "depth": config.depth,
                    "block_efficiency": tau, "mbsu": mbsu, **confidence_intervals(s, ar, tau, mbsu),
                    "param_ratio": ratio,
                    "token_rate": _nan_if_error(M.token_rate, s["tokens"], s["wall_s"], ar["tokens"], ar["wall_s"]),
@@ -414,7 +426,7 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
                    "accepted_per_block": sum(sum(r.accepted_lengths) for r in outs) / max(1, s["target_calls"]),
                    **s, "outputs": outputs}
             results["runs"].append(rec)
-            done.add(run_key(pair.model, name, method, str(config)))
+            done.add(run_key(pair.model, name, method, str(config), verifier))
             save_results(results, out_path)
         bar.close()
 
