@@ -120,20 +120,23 @@ def read_prompts_file(path) -> list[str]:
 
 
 def run(args) -> int:
+    from ..engine.configs import budget_cost
+    from .checks import check_generate
+
+    method, cfg_text, budget = method_and_config(args)
+    cfg = check_generate(args, method, cfg_text, budget)  # every check that needs no model, before loading
+    texts = None if args.prompts_file is None else read_prompts_file(args.prompts_file)
+    log = (lambda msg: print(msg, file=sys.stderr))
+    if budget_cost(cfg):
+        log(f"note: {budget_cost(cfg)}")
+
     import torch
 
-    from ..engine.configs import resolve_config
     from ..engine.generate import generate
     from ..engine.models import load_draft, load_target, prompt_ids
 
-    method, cfg_text, budget = method_and_config(args)
-    cfg = resolve_config(method, cfg_text, budget)  # fail on bad input before loading anything
-    if (args.prompt is None) == (args.prompts_file is None):
-        raise ValueError("give a prompt or --prompts-file (not both)")
-    texts = None if args.prompts_file is None else read_prompts_file(args.prompts_file)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    log = (lambda msg: print(msg, file=sys.stderr))
     tgt = load_target(args.target, dtype=args.dtype, device=args.device)
     log(f"target: {tgt.label}")
     drf = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .batched import generate_batch, is_batch
 from .loop import Decoder
-from .results import GenerationResult, cut_new_tokens, eos_set
+from .results import GenerationResult, check_max_new_tokens, cut_new_tokens, eos_set
 
 
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
@@ -42,8 +42,7 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
                               eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
     dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
                   seed=seed, attention=attention, backend=backend)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     eos = eos_set(eos_token_id)
     result = GenerationResult([], method, dec.config, seed=dec.seed)
     result.prefill_s = dec.prefill(prompt_ids)
