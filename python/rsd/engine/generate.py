@@ -11,7 +11,7 @@ from .results import GenerationResult, check_max_new_tokens, cut_new_tokens, eos
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-             backend: str = "auto", progress=None) -> GenerationResult:
+             backend: str = "auto", progress=None, on_block=None) -> GenerationResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
 
     Args:
@@ -28,6 +28,10 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             for the target's verification forward).
         backend: the ``rsd_kernels`` backend for every tree op.
         progress: optional callable ``progress(num_new_tokens)`` called after each block.
+        on_block: optional callable ``on_block(tokens, num_accepted)`` called after each block of a
+            single prompt (streaming) with the tokens it committed (cut at EOS / ``max_new_tokens``):
+            the first ``num_accepted`` are draft tokens the target accepted, the rest (at most one)
+            the token the target supplied (correction or bonus; every token of ``ar``).
 
     Raises ``ValueError`` for an unknown method, a config that does not match the budget,
     target and draft vocabularies that differ, or a prompt that leaves no room in the context.
@@ -37,6 +41,8 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
     a :class:`rsd.engine.batched.BatchGenerationResult` (one :class:`GenerationResult` per prompt).
     """
     if is_batch(prompt_ids):
+        if on_block is not None:
+            raise ValueError("on_block streams one prompt; a batch of prompts has no block stream")
         return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
                               top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                               eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress)
@@ -57,6 +63,8 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
         result.blocks.append(stats)
         if progress is not None:
             progress(len(new))
+        if on_block is not None:
+            on_block(list(new), min(stats.accepted, len(new)))
         if stop:
             result.stop_reason = stop
             break
