@@ -4,9 +4,10 @@ Two measurements, each in fresh interpreters (imports are part of the cost):
 
 * **phases** -- a child process does what ``rsd generate`` does, step by step, and times each step
   (wall clock and the process's CPU time): importing torch; importing transformers and the rsd modules
-  the command uses; loading the target (cold: the GGUF conversion, which also writes the cache; warm:
-  from the cache); loading the EAGLE draft; the untimed two-token warm-up run; the prefill and the
-  first block of the real run, up to the moment its tokens reach the ``on_block`` callback;
+  the command uses; importing transformers' model code (Llama, auto classes: ``rsd generate`` pays it
+  inside the target's loading); loading the target (cold: the GGUF conversion, which also writes the
+  cache; warm: from the cache); loading the EAGLE draft; the prefill and the first block, up to the
+  moment its tokens reach the ``on_block`` callback;
 * **command** -- the real command (``python -m rsd.cli generate PROMPT --max-new-tokens 8
   --no-baseline``, stdout a pipe): the time to the first byte of streamed text on stdout, and to exit.
 
@@ -20,6 +21,7 @@ The machine may be shared: compare the CPU column, and medians over several runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "Explain why the sky is blue."
-PHASES = ("import_torch", "import_rest", "load_target", "load_draft", "warmup", "first_block")
+PHASES = ("import_torch", "import_rest", "import_modeling", "load_target", "load_draft", "first_block")
 
 
 def child(prompt: str) -> None:
@@ -49,30 +51,36 @@ def child(prompt: str) -> None:
     import transformers  # noqa: F401
 
     import rsd.cli.generate  # noqa: F401
-    from rsd.cli.console import library_output
     from rsd.engine.adapter import ModelAdapter
     from rsd.engine.generate import generate
     from rsd.engine.models import eos_ids, load_draft, load_target, prompt_ids
 
     mark("import_rest")
-    with library_output(False) as log:
-        tgt = load_target("embedded", log=log)
+    import transformers.models.auto.modeling_auto  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    mark("import_modeling")
+    try:
+        from rsd.cli.console import library_output
+    except ImportError:  # --before: a tree without it (nor the model cache, nor on_block)
+        library_output = None
+    with library_output(False) if library_output else contextlib.nullcontext(print) as log:
+        tgt = load_target("embedded", log=log) if library_output else load_target("embedded")
         mark("load_target")
         drf = load_draft("embedded-eagle", tgt, log=log)
         mark("load_draft")
         ids = prompt_ids(tgt.tokenizer, prompt, True)
         target, draft = ModelAdapter(tgt.model), ModelAdapter(drf.model)
         kw = dict(eos_token_id=eos_ids(tgt.tokenizer, tgt.model), seed=0)
-        generate(target, draft, ids, "rsd-s", budget=10, max_new_tokens=2, **kw)
-        mark("warmup")
         first = []
 
-        def on_block(tokens, accepted):
+        def on_block(*_):
             if not first:
                 mark("first_block")
-                first.append(tokens)
+                first.append(1)
 
-        res = generate(target, draft, ids, "rsd-s", budget=10, max_new_tokens=8, on_block=on_block, **kw)
+        hook = dict(on_block=on_block) if library_output else dict(progress=on_block)
+        res = generate(target, draft, ids, "rsd-s", budget=10, max_new_tokens=8, **hook, **kw)
     out["prefill_s"] = res.prefill_s
     out["torch_threads"] = torch.get_num_threads()
     print(json.dumps(out))
@@ -106,20 +114,24 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", default=PROMPT)
     ap.add_argument("--no-cold", action="store_true", help="warm runs only (no conversions)")
     ap.add_argument("--json", default=None, metavar="PATH")
+    ap.add_argument("--before", default=None, metavar="DIR",
+                    help="measure the code in DIR instead (e.g. `git archive f69c6cf rsd_kernels python | tar -x -C DIR`: "
+                         "the tree before the model cache; its command prints the text at the end)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         child(args.prompt)
         return 0
+    tree = os.path.abspath(args.before) if args.before else REPO
     base = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "python"), os.environ.get("PYTHONPATH", "")]))
+                PYTHONPATH=os.pathsep.join([tree, os.path.join(tree, "python"), os.environ.get("PYTHONPATH", "")]))
     root = tempfile.mkdtemp(prefix="rsd-startup-")
     results = {"cold": {"phases": [], "command": []}, "warm": {"phases": [], "command": []}}
     try:
         warm_env = dict(base, RSD_CACHE_DIR=os.path.join(root, "warm"))
         run_child(warm_env, args.prompt)  # fills the warm cache (untimed)
         for i in range(args.runs):
-            if not args.no_cold:
+            if not args.no_cold and not args.before:
                 env = dict(base, RSD_CACHE_DIR=os.path.join(root, f"cold-p{i}"))
                 results["cold"]["phases"].append(run_child(env, args.prompt)[0])
                 env = dict(base, RSD_CACHE_DIR=os.path.join(root, f"cold-c{i}"))
@@ -130,6 +142,8 @@ def main(argv=None) -> int:
             results["warm"]["command"].append(run_command(warm_env, args.prompt))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if args.before:  # no cache there: every run is a conversion
+        results = {"before": results["warm"]}
     report(results)
     if args.json:
         with open(args.json, "w") as f:
@@ -140,7 +154,7 @@ def main(argv=None) -> int:
 def report(results) -> None:
     med = statistics.median
     print(f"{'':8} {'phase':14} {'wall s (median)':>16} {'cpu s (median)':>15}   runs")
-    for kind in ("cold", "warm"):
+    for kind in results:
         runs = results[kind]["phases"]
         if not runs:
             continue
