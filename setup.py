@@ -15,7 +15,7 @@ import glob
 import os
 import shutil
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -72,13 +72,17 @@ class BuildPyWithCsrc(build_py):
 ext_modules, cmdclass = _extensions()
 cmdclass = {**cmdclass, "build_py": BuildPyWithCsrc}
 
+# Every folder of rsd is a package here, data-only ones included (rsd.data: the built-in data sets,
+# rsd.engine.drafts.weights: the shipped drafts, rsd.custom_generate: the transformers entry point):
+# setuptools drops folders absent from `packages` from the wheel (tests/test_wheel.py lists it).
 packages = find_packages(include=["rsd_kernels", "rsd_kernels.*"])
-packages += find_packages(where="python", include=["rsd", "rsd.*"])
+packages += find_namespace_packages(where="python", include=["rsd", "rsd.*"], exclude=["*.__pycache__"])
 
 setup(
     packages=packages,
     package_dir={"rsd": "python/rsd"},
-    package_data={"rsd": ["engine/drafts/weights/*.safetensors", "data/*.jsonl", "custom_generate/*.py"], "rsd_kernels": ["csrc/*"]},
+    package_data={"rsd.engine.drafts.weights": ["*.safetensors"], "rsd.data": ["*.jsonl"],
+                  "rsd.custom_generate": ["*.py"], "rsd_kernels": ["csrc/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -58,6 +58,25 @@ def temperature(value, *, allow_zero=True):
     return float(value)
 
 
+def top_p(value):
+    """``top_p`` of the nucleus warp: None (off) or a real number in (0, 1]."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"top_p must be a float in (0, 1], got {value!r}")
+    return value
+
+
+def sampling(t, k, p):
+    """Check temperature ``t``, top-k ``k`` and top-p ``p`` together, whatever the temperature (a
+    warp that greedy decoding ignores is still refused when it is invalid); returns ``float(t)``."""
+    t = temperature(t)
+    if k is not None:
+        positive_int("top_k", k)
+    top_p(p)
+    return t
+
+
 def positive_int(name, value, *, minimum=1):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -29,8 +29,7 @@ def warp_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
             kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
             out = out.masked_fill(out < kth, float("-inf"))
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be a float in (0, 1], got {top_p!r}")
+        checks.top_p(top_p)
         if top_p < 1:
             sorted_l, order = torch.sort(out, dim=-1, descending=True)
             probs = torch.softmax(sorted_l, dim=-1)

@@ -11,6 +11,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The converted-model cache (rsd.engine.model_cache) of a test session: pytest's cache folder of this
+# checkout rather than the user's (CI starts from an empty one: the first load converts, once); the
+# tests of the cache itself point RSD_CACHE_DIR at their tmp_path.
+os.environ.setdefault("RSD_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                    ".pytest_cache", "rsd-cache"))
+
 from rsd_kernels import backends  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -15,6 +15,22 @@ The package has two layers; imports run from the applications to the engine only
 """
 __version__ = "0.1.0"
 
-from .engine.generate import generate  # noqa: E402,F401
-from .engine.results import GenerationResult  # noqa: E402,F401
-from .hf_generate import CUSTOM_GENERATE_PATH  # noqa: E402,F401
+# The public names load on first use (PEP 562), so that ``import rsd.cli`` (argument checks,
+# ``--help``) does not pay for torch and transformers before it needs them.
+_LAZY = {"generate": ".engine.generate", "GenerationResult": ".engine.results",
+         "CUSTOM_GENERATE_PATH": ".hf_generate"}
+__all__ = ["generate", "GenerationResult", "CUSTOM_GENERATE_PATH"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rsd' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

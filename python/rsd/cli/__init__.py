@@ -22,12 +22,19 @@ SUBCOMMANDS = [
 ]
 
 
-def build_parser():
+def build_parser(command=None):
+    """The ``rsd`` parser. With ``command`` (a subcommand name) only that subcommand's module is
+    imported; the others get a placeholder with their description (so ``rsd generate`` with bad
+    arguments fails before the training modules import transformers)."""
     ap = argparse.ArgumentParser(prog="rsd", description="Exact tree-based speculative decoding (RSD-S, RSD-C, "
                                  "SpecTr, SD) on transformers models.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     unavailable = []
     for modname, names, what in SUBCOMMANDS:
+        if command is not None and command not in names:
+            for name in names:
+                sub.add_parser(name, help=what, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
+            continue
         try:
             mod = importlib.import_module(modname)
         except ImportError as exc:
@@ -48,8 +55,10 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    ap, unavailable = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    known = {name for _, names, _ in SUBCOMMANDS for name in names}
+    ap, unavailable = build_parser(command if command in known else None)
     args, extra = ap.parse_known_args(argv)
     if args.command is None:
         ap.print_help()

@@ -1,5 +1,10 @@
-"""``rsd generate "prompt"``: decode one prompt and print the text and a one-line summary
-(``--prompts-file``: a batch of prompts decoded together; each row and the total throughput).
+"""``rsd generate "prompt"``: decode one prompt, streaming the text as blocks are committed, then a
+one-line summary (``--prompts-file``: a batch of prompts decoded together; each row and the total
+throughput at the end).
+
+The text goes to stdout, flushed per block (:mod:`rsd.cli.stream`; on a terminal, accepted draft
+tokens in green unless ``--no-color`` or ``NO_COLOR``); which models, device and dtype to stderr;
+the libraries' progress bars and warnings only with ``--verbose`` (:mod:`rsd.cli.console`).
 
 The summary line (a real one: embedded pair, greedy, 1 CPU thread, ``--max-new-tokens 48``)::
 
@@ -7,8 +12,9 @@ The summary line (a real one: embedded pair, greedy, 1 CPU thread, ``--max-new-t
 
 ``speed-up`` is the method's decoding token rate over target-only autoregressive decoding
 (``ar``) of the same prompt with the same sampling settings, run in the same process right
-after it (``--no-baseline`` skips it). Rates exclude the prefill. Before the timed runs, one
-untimed two-token run of each warms the models up.
+after it (``--no-baseline`` skips it), on models the first run has warmed (plus a two-token warm-up
+of its own). Rates exclude the prefill, which absorbs most of the first call's one-time costs (the
+streamed run gets no warm-up, so that its first token comes as early as possible).
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import sys
 from rsd_kernels.methods import METHODS, VERIFIERS
 
 from ..engine.configs import DEFAULT_VERIFIER
+
+from .stream import LEGEND, BlockPrinter, use_color
 
 DEFAULT_BUDGET = 10
 # explicit tree flags: flag -> (method, metavar)
@@ -68,6 +76,9 @@ def add_parser(subparsers):
     p.add_argument("--no-chat-template", action="store_true", help="feed the prompt text as is")
     p.add_argument("--no-baseline", action="store_true", help="skip the target-only run (no speed-up)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--no-color", action="store_true", help="no colours in the streamed text (also: NO_COLOR=1; "
+                   "colours are only used on a terminal)")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' progress bars and warnings")
     return p
 
 
@@ -126,38 +137,52 @@ def read_prompts_file(path) -> list[str]:
 
 
 def run(args) -> int:
+    from ..engine.configs import budget_cost
+    from .checks import check_generate
+
+    method, cfg_text, budget = method_and_config(args)
+    cfg = check_generate(args, method, cfg_text, budget)  # every check that needs no model, before loading
+    texts = None if args.prompts_file is None else read_prompts_file(args.prompts_file)
+    if budget_cost(cfg):
+        print(f"note: {budget_cost(cfg)}", file=sys.stderr)
+    from .console import library_output
+
+    with library_output(args.verbose) as log:
+        return _run(args, method, cfg, texts, log)
+
+
+def _run(args, method, cfg, texts, log) -> int:
+    """``rsd generate`` after its checks: load, decode (streamed), report; ``log`` writes to stderr."""
     import torch
 
-    from ..engine.configs import resolve_config
     from ..engine.generate import generate
     from ..engine.models import load_draft, load_target, prompt_ids
 
-    method, cfg_text, budget = method_and_config(args)
-    cfg = resolve_config(method, cfg_text, budget)  # fail on bad input before loading anything
-    if (args.prompt is None) == (args.prompts_file is None):
-        raise ValueError("give a prompt or --prompts-file (not both)")
-    texts = None if args.prompts_file is None else read_prompts_file(args.prompts_file)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    log = (lambda msg: print(msg, file=sys.stderr))
-    tgt = load_target(args.target, dtype=args.dtype, device=args.device)
-    log(f"target: {tgt.label}")
+    tgt = load_target(args.target, dtype=args.dtype, device=args.device, log=log)
+    log(f"target: {tgt.label} | {args.device} {args.dtype}")
     drf = None
     if method != "ar":
         drf = load_draft(args.draft, tgt, dtype=args.draft_dtype or args.dtype, device=args.device, log=log)
-        log(f"draft: {drf.label}")
+        log(f"draft: {drf.label} | {args.device} {args.draft_dtype or args.dtype}")
     if texts is not None:
         return run_batch(args, tgt, drf, texts, method, cfg)
     ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
     common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)
-    warm = dict(common, max_new_tokens=2)
-    generate(target_adapter, draft_adapter, ids, method, cfg, **warm)  # untimed warm-up
-    if draft_adapter is not None and not args.no_baseline:
-        generate(target_adapter, None, ids, "ar", **warm)
-    res = _with_progress(lambda cb: generate(target_adapter, draft_adapter, ids, method, cfg, progress=cb, **common),
-                         args, f"{method}")
+    # No warm-up run before the streamed one (it would delay the first token by a prefill and a block):
+    # the first call's one-time costs (~0.1 s CPU) fall mostly in the prefill, which the rates exclude.
+    stream = None  # --json stays quiet; else the text streams to stdout block by block
+    if not args.json:
+        stream = BlockPrinter(tgt.tokenizer, sys.stdout, color=use_color(sys.stdout, args.no_color))
+        if stream.color and method != "ar":
+            log(LEGEND)
+    res = generate(target_adapter, draft_adapter, ids, method, cfg, on_block=stream, **common)
+    if stream is not None:
+        stream.finish()
     baseline = None
     if not args.no_baseline and method != "ar":
+        generate(target_adapter, None, ids, "ar", **dict(common, max_new_tokens=2))  # untimed warm-up
         baseline = _with_progress(lambda cb: generate(target_adapter, None, ids, "ar", progress=cb, **common),
                                   args, "ar (baseline)")
     text = tgt.tokenizer.decode(res.tokens, skip_special_tokens=True)
@@ -169,8 +194,7 @@ def run(args) -> int:
                "speedup": (res.tokens_per_s / baseline.tokens_per_s) if baseline and baseline.tokens_per_s else None}
         print(json.dumps(out))
     else:
-        print(text)
-        print(line)
+        print(line)  # the text has streamed above it
     return 0
 
 
@@ -236,11 +260,13 @@ def run_batch(args, tgt, drf, texts, method, cfg) -> int:
     return 0
 
 
-PROGRESS_MIN_TOKENS = 32  # show a progress bar (on stderr, when it is a terminal) from this many tokens on
+PROGRESS_MIN_TOKENS = 32  # --verbose: a progress bar (on stderr, when it is a terminal) from this many tokens on
 
 
 def _with_progress(fn, args, label, total=None):
-    if args.json or args.max_new_tokens < PROGRESS_MIN_TOKENS:
+    """``fn(progress)``: with ``--verbose``, under a progress bar (the batch and the baseline; the
+    streamed run shows its text instead)."""
+    if args.json or not args.verbose or args.max_new_tokens < PROGRESS_MIN_TOKENS:
         return fn(None)
     from tqdm import tqdm
 

@@ -39,7 +39,7 @@ import rsd_kernels
 
 from .adapter import ModelAdapter
 from .loop import Decoder, _prompt_tensor, split_draft_path, tree_slots
-from .results import BlockStats, GenerationResult, Timed, cut_new_tokens, eos_set
+from .results import BlockStats, GenerationResult, Timed, check_max_new_tokens, cut_new_tokens, eos_set
 from .kvcache import BatchKVBuffer
 
 
@@ -479,8 +479,7 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
         raise ValueError("prompts is empty: at least one prompt is needed")
     dec = BatchDecoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
                        seed=seed, attention=attention, backend=backend, verifier=verifier)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     eos = eos_set(eos_token_id)
     rows = [GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.dec.verifier if dec.config else None)
             for _ in prompts]

@@ -25,13 +25,38 @@ def resolve_verifier(config: TreeConfig | None, verifier: str | None = None) -> 
     merge = config.method == "spectr" and verifier == "traversal"
     return verifier, verify_mode(config, verifier, merged=merge), merge
 
+# Budget limits (README "Decoding", budget limits). A block verifies budget + 1 tokens in one target
+# forward but commits at most depth + 1 of them, and the default trees' depth is at most 6 (SD: the
+# budget itself, one sequential draft call per token).
+MAX_BUDGET = 255  # refused above: a tree of 256 nodes (root included) is the largest the Triton verify kernel takes
+LARGE_BUDGET = 32  # above it `rsd generate` says what a block costs: rsd eval measures budgets 6-30
+
+
+def check_budget(budget):
+    """``ValueError`` naming the limit when ``budget`` (an int) exceeds :data:`MAX_BUDGET`."""
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > MAX_BUDGET:
+        raise ValueError(f"budget {budget} exceeds the limit of {MAX_BUDGET} draft tokens per block: trees of at most "
+                         f"{MAX_BUDGET + 1} nodes (root included) run on every verification backend, and a block "
+                         "commits at most depth + 1 tokens whatever the budget (depth <= 6 for the tree methods)")
+    return budget
+
+
+def budget_cost(config: TreeConfig | None) -> str | None:
+    """One line saying what a block of ``config`` costs when its budget exceeds :data:`LARGE_BUDGET`
+    (else ``None``): the target reads budget + 1 tokens per forward for at most depth + 1 new ones."""
+    if config is None or config.budget <= LARGE_BUDGET:
+        return None
+    return (f"budget {config.budget} ({config}): each block feeds the target {config.budget + 1} tokens in one "
+            f"forward, after {config.depth} sequential draft forwards, to commit at most {config.depth + 1} tokens; "
+            f"budgets above {LARGE_BUDGET} lie outside the range rsd eval measures (6-30)")
+
 
 def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
     """The tree configuration of ``method``: ``config`` (a :class:`TreeConfig` or text such as
     ``"3x2"`` / ``"2,2,1"``), else :func:`rsd_kernels.default_config` for ``budget``.
 
-    Raises ``ValueError`` for an unknown method, a missing budget, or a config whose budget
-    differs from the one given.
+    Raises ``ValueError`` for an unknown method, a missing budget, a config whose budget
+    differs from the one given, or a budget above :data:`MAX_BUDGET`.
     """
     if method not in ALL_METHODS:
         raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
@@ -42,7 +67,7 @@ def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
     if config is None:
         if budget is None:
             raise ValueError(f"method {method!r} needs a budget or an explicit config")
-        return default_config(method, budget)
+        return default_config(method, check_budget(budget))
     if isinstance(config, str):
         config = parse_config(method, config)
     if not isinstance(config, TreeConfig):
@@ -51,4 +76,5 @@ def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
         raise ValueError(f"config {config} is for method {config.method!r}, not {method!r}")
     if budget is not None and config.budget != budget:
         raise ValueError(f"config {config} has budget {config.budget}, not the requested budget {budget}")
+    check_budget(config.budget)
     return config

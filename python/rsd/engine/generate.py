@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from .batched import generate_batch, is_batch
 from .loop import Decoder
-from .results import GenerationResult, cut_new_tokens, eos_set
+from .results import GenerationResult, check_max_new_tokens, cut_new_tokens, eos_set
 
 
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-             backend: str = "auto", progress=None, verifier: str | None = None) -> GenerationResult:
+             backend: str = "auto", progress=None, verifier: str | None = None,
+             on_block=None) -> GenerationResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
 
     Args:
@@ -33,6 +34,10 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             accepts at least as much in expectation on our measurements; SpecTr's chains are
             merged into a prefix tree first); ``None``: :data:`rsd.engine.configs.DEFAULT_VERIFIER`.
             Greedy decoding (temperature 0) is the same under both.
+        on_block: optional callable ``on_block(tokens, num_accepted)`` called after each block of a
+            single prompt (streaming) with the tokens it committed (cut at EOS / ``max_new_tokens``):
+            the first ``num_accepted`` are draft tokens the target accepted, the rest (at most one)
+            the token the target supplied (correction or bonus; every token of ``ar``).
 
     Raises ``ValueError`` for an unknown method, a config that does not match the budget,
     target and draft vocabularies that differ, or a prompt that leaves no room in the context.
@@ -42,14 +47,15 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
     a :class:`rsd.engine.batched.BatchGenerationResult` (one :class:`GenerationResult` per prompt).
     """
     if is_batch(prompt_ids):
+        if on_block is not None:
+            raise ValueError("on_block streams one prompt; a batch of prompts has no block stream")
         return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
                               top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                               eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress,
                               verifier=verifier)
     dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
                   seed=seed, attention=attention, backend=backend, verifier=verifier)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_max_new_tokens(max_new_tokens)
     eos = eos_set(eos_token_id)
     result = GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.verifier if dec.config else None)
     result.prefill_s = dec.prefill(prompt_ids)
@@ -64,6 +70,8 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
         result.blocks.append(stats)
         if progress is not None:
             progress(len(new))
+        if on_block is not None:
+            on_block(list(new), min(stats.accepted, len(new)))
         if stop:
             result.stop_reason = stop
             break

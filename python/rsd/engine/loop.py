@@ -77,9 +77,7 @@ class Decoder:
         self.config = resolve_config(method, config, budget)
         self.verifier, self.mode, self.merge = resolve_verifier(self.config, verifier)
         self.method = method
-        self.temperature = checks.temperature(temperature)
-        if self.temperature > 0:  # validate the warps once, up front
-            rsd_kernels.warp_logits(torch.zeros(1, 2), self.temperature, top_k, top_p)
+        self.temperature = checks.sampling(temperature, top_k, top_p)  # the warps too, even when greedy
         self.samp = dict(temperature=self.temperature, top_k=top_k, top_p=top_p)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (1,)))

@@ -46,15 +46,16 @@ def _dtype(dtype):
     return names[dtype]
 
 
-def load_target(spec: str = "embedded", *, dtype=None, device="cpu") -> LoadedModel:
-    """Load the target model and its tokenizer from ``spec`` (see the module docstring)."""
+def load_target(spec: str = "embedded", *, dtype=None, device="cpu", log=None) -> LoadedModel:
+    """Load the target model and its tokenizer from ``spec`` (see the module docstring). ``log``
+    gets the one-line notice of a first-time conversion of the embedded target (default stderr)."""
     dt = _dtype(dtype)
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"target must be a non-empty string, got {spec!r}")
     if spec == "embedded":
         from .embedded import load_embedded_target, smollm2_gguf_path
 
-        model, tok = load_embedded_target(dtype=dt)
+        model, tok = load_embedded_target(dtype=dt, log=log)
         label = f"SmolLM2-135M-Instruct (embedded GGUF {smollm2_gguf_path()})"
     elif spec.startswith("truncated:"):
         raise ValueError("target='truncated:N' is a draft stand-in; the target must be 'embedded', a model id or a path")

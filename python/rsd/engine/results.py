@@ -99,6 +99,13 @@ class GenerationResult(Timed):
         }
 
 
+def check_max_new_tokens(value) -> int:
+    """``value`` if it is a positive int, else ``ValueError`` naming ``max_new_tokens``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {value!r}")
+    return value
+
+
 def cut_new_tokens(new: list[int], room: int, eos: set) -> tuple[list[int], str | None]:
     """A block's tokens cut to the ``room`` left under ``max_new_tokens`` and after the first EOS
     (kept); the stop reason ``"eos"`` if one was met, else ``None``."""

@@ -317,6 +317,14 @@ def export_eagle(draft: EagleDraft, path: str, info: dict | None = None) -> str:
     return path
 
 
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights  # transformers 5
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
+
+
 def load_eagle(path: str, embedding: torch.Tensor, dtype=torch.float32) -> EagleDraft:
     """Load :func:`export_eagle` output around the target's token embedding (shared, not copied)."""
     from safetensors import safe_open
@@ -330,7 +338,8 @@ def load_eagle(path: str, embedding: torch.Tensor, dtype=torch.float32) -> Eagle
     kept = sd.pop("kept_ids").long()
     if tuple(embedding.shape) != (config.vocab_size, config.hidden_size):
         raise ValueError(f"embedding shape {tuple(embedding.shape)} does not match the draft's")
-    draft = EagleDraft(config, kept, json.loads(meta.get("feature_layers", "[]")))
+    with _no_init_weights():  # every weight is loaded below: skip the random init (~0.5 s of a start-up)
+        draft = EagleDraft(config, kept, json.loads(meta.get("feature_layers", "[]")))
     missing, unexpected = draft.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False)
     missing = [k for k in missing if k not in ("model.embed_tokens.weight", "kept_ids")]
     if missing or unexpected:
