@@ -18,8 +18,8 @@ row count of a verification forward: the measured n' >= n with the least predict
 (padding pays when that is at least :data:`PAD_GAIN` cheaper than n itself).
 
 Measurement: after one untimed pass over every size, ``repeats`` rounds each time every size
-once (interleaved, so a burst of load on a shared machine hits all sizes alike); the statistic
-is the per-size median. The target sizes stop growing at the **node cap**: the first measured n
+once (interleaved, so a slow period of a shared machine hits all sizes alike); the statistic is
+the per-size minimum (the best of the repeats: other work on the machine only ever adds time). The target sizes stop growing at the **node cap**: the first measured n
 with ``t(n) > MAX_COST_RATIO * t(1)`` ends the sweep (no tree whose depth is at most
 ``MAX_COST_RATIO - 1`` can pay for it), so a profile on a CPU stays cheap (seconds) and a GPU
 profile reaches n = 64.
@@ -355,7 +355,7 @@ def _time(fn, device) -> float:
 
 
 def _sweep(calls: dict, device, repeats: int, stop=None) -> dict:
-    """Median seconds per key of ``calls`` (name -> callable): one untimed pass in key order (ended
+    """Best seconds per key of ``calls`` (name -> callable): one untimed pass in key order (ended
     early by ``stop(name, seconds)``), then ``repeats`` interleaved timed rounds over the kept keys."""
     kept = []
     for name, fn in calls.items():
@@ -367,7 +367,7 @@ def _sweep(calls: dict, device, repeats: int, stop=None) -> dict:
     for _ in range(repeats):
         for name in kept:
             runs[name].append(_time(calls[name], device))
-    return {name: sorted(v)[len(v) // 2] for name, v in runs.items()}
+    return {name: min(v) for name, v in runs.items()}
 
 
 def measure(target, draft, *, batch: int = 1, repeats: int = REPEATS, contexts=CONTEXTS, target_ns=TARGET_NS,
