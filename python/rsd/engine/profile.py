@@ -224,18 +224,25 @@ def _check_times(times, what):
 # ------------------------------------------------------------------------------ key
 def model_fingerprint(model) -> dict:
     """What identifies a model's cost and behaviour: its class, config and a digest of its weights
-    (shapes, dtypes and a strided sample of every parameter and buffer: cheap, and it changes when
-    the weights are retrained)."""
+    (per parameter and buffer: name, shape, dtype, a strided sample, and the float64 sum and sum of
+    squares -- one pass over the weights, and any change of a weight changes it)."""
     h = hashlib.sha256()
     cfg = getattr(model, "config", None)
     cfg_text = cfg.to_json_string(use_diff=False) if hasattr(cfg, "to_json_string") else repr(cfg)
     h.update(cfg_text.encode())
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // 64)
-        sample = flat[::step][:64].float().cpu()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(sample.numpy().tobytes())
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            flat = t.detach().reshape(-1)
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            if flat.numel() == 0:
+                continue
+            if flat.is_floating_point():
+                sums = torch.stack([flat.sum(dtype=torch.float64), flat.square().sum(dtype=torch.float64)])
+            else:
+                sums = flat.to(torch.float64).sum()[None]
+            step = max(1, flat.numel() // 64)
+            h.update(flat[::step][:64].double().cpu().numpy().tobytes())
+            h.update(sums.cpu().numpy().tobytes())
     return {"class": type(model).__name__, "name": getattr(cfg, "_name_or_path", "") or type(model).__name__,
             "digest": h.hexdigest()[:24]}
 
@@ -277,13 +284,15 @@ def _sync(device):
 
 
 class _Bench:
-    """Forwards of one model after a fixed cached context, for timing (one prompt or a batch): the
-    loop's own calls (:meth:`ModelAdapter.forward` with a tree mask, :meth:`BatchModel.run`)."""
+    """Forwards of one model after a cached context, for timing (one prompt or a batch): the loop's
+    own calls (:meth:`ModelAdapter.forward` with a tree mask, :meth:`BatchModel.run`). The cache is
+    filled once with ``ctx`` random tokens; a call at a shorter context crops to it first (the keys
+    it overwrites are random anyway)."""
 
     def __init__(self, adapter, batch: int, ctx: int, room: int, eagle_width: int | None = None):
         from .batched import BatchModel
 
-        self.ad, self.B, self.ctx = adapter, batch, ctx
+        self.ad, self.B = adapter, batch
         self.dev = adapter.device
         self.eagle_width = eagle_width  # EAGLE draft: feature inputs of its tree levels (hidden width)
         self.vocab = adapter.vocab_size
@@ -295,7 +304,7 @@ class _Bench:
             adapter.forward_chain(prefix, logits_to_keep=1, **self._extra(ctx, full=True))
         else:
             self.bm = BatchModel(adapter, batch, ctx + room)
-            self._run(prefix, 0, causal=True, keep=1, full=True)
+            self._run(prefix, 0, keep=1, full=True)
 
     def _tokens(self, n):
         return torch.randint(0, self.vocab, (self.B, n), generator=self.gen).to(self.dev)
@@ -306,7 +315,7 @@ class _Bench:
         width = self.ad.model.feature_width if full else self.eagle_width
         return {"features": torch.zeros(self.B, n, width, dtype=self.ad.dtype, device=self.dev)}
 
-    def _run(self, toks, start, causal, keep=0, full=False):
+    def _run(self, toks, start, keep=0, full=False):
         from .batched import _mask
 
         B, n = toks.shape
@@ -318,30 +327,36 @@ class _Bench:
         ws = lens[:, None] + ar[None, :]
         return self.bm.run(toks, ws, ws, allowed, [n] * B, logits_to_keep=keep, **self._extra(n, full))
 
-    def tree(self, n):
-        """A forward over ``n`` new tokens under a tree mask, every row's logits (verification / draft level)."""
+    def _at(self, ctx):
+        """Cache length ``ctx`` (the buffer was filled up to the longest context once)."""
+        self.ad.cache.length = ctx
+
+    def tree(self, n, ctx):
+        """A forward over ``n`` new tokens under a tree mask after ``ctx`` tokens, every row's logits
+        (the verification forward / a draft level)."""
         toks = self._tokens(n)
 
         @torch.no_grad()
         def call():
             if self.bm is not None:
-                return self._run(toks, self.ctx, causal=False)
-            self.ad.crop(self.ctx)
-            pos = torch.arange(self.ctx, self.ctx + n, device=self.dev)[None].expand(self.B, n)
-            allowed = torch.ones(1, n, self.ctx + n, dtype=torch.bool, device=self.dev)
-            allowed[0, :, self.ctx:] = torch.ones(n, n, dtype=torch.bool, device=self.dev).tril()
+                return self._run(toks, ctx)
+            self._at(ctx)
+            pos = torch.arange(ctx, ctx + n, device=self.dev)[None]
+            allowed = torch.ones(1, n, ctx + n, dtype=torch.bool, device=self.dev)
+            allowed[0, :, ctx:] = torch.ones(n, n, dtype=torch.bool, device=self.dev).tril()
             return self.ad.forward(toks, pos, allowed, **self._extra(n))
         return call
 
-    def step(self):
-        """A target-only step: one token, one output row (no mask on the single-prompt path)."""
+    def step(self, ctx):
+        """A target-only step after ``ctx`` tokens: one token, one output row (no mask on the
+        single-prompt path)."""
         toks = self._tokens(1)
 
         @torch.no_grad()
         def call():
             if self.bm is not None:
-                return self._run(toks, self.ctx, causal=True, keep=1)
-            self.ad.crop(self.ctx)
+                return self._run(toks, ctx, keep=1)
+            self._at(ctx)
             return self.ad.forward_chain(toks, logits_to_keep=1)
         return call
 
@@ -354,26 +369,16 @@ def _time(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def _sweep(calls: dict, device, repeats: int, stop=None) -> dict:
-    """Best seconds per key of ``calls`` (name -> callable): one untimed pass in key order (ended
-    early by ``stop(name, seconds)``), then ``repeats`` interleaved timed rounds over the kept keys."""
-    kept = []
-    for name, fn in calls.items():
-        t = _time(fn, device)
-        kept.append(name)
-        if stop is not None and stop(name, t):
-            break
-    runs = {name: [] for name in kept}
-    for _ in range(repeats):
-        for name in kept:
-            runs[name].append(_time(calls[name], device))
-    return {name: min(v) for name, v in runs.items()}
-
-
 def measure(target, draft, *, batch: int = 1, repeats: int = REPEATS, contexts=CONTEXTS, target_ns=TARGET_NS,
             draft_ws=DRAFT_WS, log=None) -> CostProfile:
     """Measure a :class:`CostProfile` for ``target``/``draft`` (:class:`ModelAdapter` s; ``draft``
-    may be None). Resets both adapters' caches."""
+    may be None). Resets both adapters' caches.
+
+    One untimed pass over the target sizes at the first context in increasing n (it ends the
+    sweep at the node cap), then ``repeats`` timed rounds, each running every kept measurement
+    once -- target sizes at both contexts, target-only steps, draft widths -- so that a slow
+    period of the machine hits them all alike; each entry is its best time over the rounds.
+    """
     from .loop import is_eagle
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -390,37 +395,45 @@ def measure(target, draft, *, batch: int = 1, repeats: int = REPEATS, contexts=C
         room = min(room, target.max_positions - c1)
         target_ns = [n for n in target_ns if n <= room]
     with torch.no_grad():
-        bench = _Bench(target, batch, c0, room)
-        t1 = [None]
-
-        def stop(n, t):
+        bench = _Bench(target, batch, c1, room)
+        calls = {("ar", c0): bench.step(c0)}
+        t1 = None
+        for n in target_ns:  # untimed pass; ends at the node cap
+            fn = bench.tree(n, c0)
+            t = _time(fn, dev)
+            calls[("t", n, c0)] = fn
             if n == 1:
-                t1[0] = t
-            return n != "ar" and t1[0] is not None and t > MAX_COST_RATIO * t1[0]
-
-        main = _sweep({"ar": bench.step(), **{n: bench.tree(n) for n in target_ns}}, dev, repeats, stop)
-        step0 = main.pop("ar")
-        ns = sorted(main)
-        bench1 = _Bench(target, batch, c1, room)
-        ctx_ns = [n for n in TARGET_CTX_NS if n in main]
+                t1 = t
+            elif t > MAX_COST_RATIO * t1:
+                break
+        ns = sorted(k[1] for k in calls if k[0] == "t")
+        ctx_ns = [n for n in TARGET_CTX_NS if n in ns]
         if ns[-1] not in ctx_ns:
             ctx_ns.append(ns[-1])
-        second = _sweep({"ar": bench1.step(), **{n: bench1.tree(n) for n in ctx_ns}}, dev, repeats)
-        step1 = second.pop("ar")
+        calls[("ar", c1)] = bench.step(c1)
+        calls.update({("t", n, c1): bench.tree(n, c1) for n in ctx_ns})
         if draft is not None:
             width = draft.model.config.hidden_size if is_eagle(draft.model) else None
             dbench = _Bench(draft, batch, c0, room, eagle_width=width)
             ws = [w for w in draft_ws if w <= ns[-1]] or [1]
-            dr = _sweep({w: dbench.tree(w) for w in ws}, dev, repeats)
-            draft_w, draft_s = sorted(dr), [dr[w] for w in sorted(dr)]
-        else:
-            draft_w, draft_s = [1], [1e-7]
+            calls.update({("d", w): dbench.tree(w, c0) for w in ws})
+        for fn in list(calls.values())[len(ns) + 1:]:  # the rest's untimed pass
+            _time(fn, dev)
+        best = {k: float("inf") for k in calls}
+        for _ in range(repeats):
+            for k, fn in calls.items():
+                best[k] = min(best[k], _time(fn, dev))
     for m in (target, draft):
         if m is not None:
             m.reset()
-    prof = CostProfile(key={}, target_n=ns, target_s=[main[n] for n in ns], contexts=[c0, c1],
-                       target_ctx_n=sorted(second), target_ctx_s=[second[n] for n in sorted(second)],
-                       ar_s=[step0, step1], draft_w=draft_w, draft_s=draft_s,
+    if draft is not None:
+        draft_w = sorted(k[1] for k in best if k[0] == "d")
+        draft_s = [best[("d", w)] for w in draft_w]
+    else:
+        draft_w, draft_s = [1], [1e-7]
+    prof = CostProfile(key={}, target_n=ns, target_s=[best[("t", n, c0)] for n in ns], contexts=[c0, c1],
+                       target_ctx_n=ctx_ns, target_ctx_s=[best[("t", n, c1)] for n in ctx_ns],
+                       ar_s=[best[("ar", c0)], best[("ar", c1)]], draft_w=draft_w, draft_s=draft_s,
                        measure_s=time.perf_counter() - t_start)
     if log is not None:
         log(f"cost profile measured in {prof.measure_s:.1f} s")
