@@ -258,13 +258,31 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def profile_key(target, draft, *, batch: int = 1, threads: int | None = None) -> dict:
+_FINGERPRINTS: dict = {}
+
+
+def _fingerprint_once(model) -> dict:
+    """:func:`model_fingerprint`, computed once per model object in this process (a profile is
+    looked up before every ``generate(method="auto")``; weights changed in place afterwards are not
+    seen -- pass ``rebuild=True`` or a fresh model)."""
+    hit = _FINGERPRINTS.get(id(model))
+    if hit is None or hit[0]() is not model:
+        import weakref
+
+        hit = (weakref.ref(model), model_fingerprint(model))
+        _FINGERPRINTS[id(model)] = hit
+    return hit[1]
+
+
+def profile_key(target, draft, *, batch: int = 1, threads: int | None = None, fresh: bool = True) -> dict:
     """The cache key of a profile: target and draft fingerprints, dtypes, device, attention path,
-    threads, batch size, torch version and CPU. ``target``/``draft`` are :class:`ModelAdapter` s."""
+    threads, batch size, torch version and CPU. ``target``/``draft`` are :class:`ModelAdapter` s.
+    ``fresh=False`` reuses a model's fingerprint computed earlier in this process."""
+    fp = model_fingerprint if fresh else _fingerprint_once
     dev = torch.device(target.device)
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu: {_cpu_name()}"
-    return {"target": model_fingerprint(target.model), "target_dtype": str(target.dtype).replace("torch.", ""),
-            "draft": None if draft is None else model_fingerprint(draft.model),
+    return {"target": fp(target.model), "target_dtype": str(target.dtype).replace("torch.", ""),
+            "draft": None if draft is None else fp(draft.model),
             "draft_dtype": None if draft is None else str(draft.dtype).replace("torch.", ""),
             "device": device, "device_type": dev.type,
             "threads": int(threads if threads is not None else torch.get_num_threads()),
@@ -444,15 +462,11 @@ def load_or_measure(target, draft, *, batch: int = 1, rebuild: bool = False, cac
                     **measure_kw) -> CostProfile:
     """The cached profile of this setting, or a new measurement (then cached). A cached file that
     fails its checks is measured again with a warning (never trusted)."""
-    key = profile_key(target, draft, batch=batch)
+    key = profile_key(target, draft, batch=batch, fresh=rebuild)
     path = profile_path(key) if cache else None
     if path is not None and not rebuild and os.path.exists(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                prof = CostProfile.from_json(json.load(f))
-            if prof.key != key:
-                raise ValueError("its key differs from this setting's")
-            return prof
+            return _read(path, key)
         except (OSError, ValueError, TypeError, json.JSONDecodeError) as exc:
             warnings.warn(f"cost profile {path} is unusable ({exc}); measuring it again", RuntimeWarning,
                           stacklevel=2)
@@ -462,3 +476,20 @@ def load_or_measure(target, draft, *, batch: int = 1, rebuild: bool = False, cac
         with atomic_write(path, "w") as f:
             json.dump(prof.to_json(), f, indent=1)
     return prof
+
+
+def _read(path: str, key: dict) -> CostProfile:
+    with open(path, encoding="utf-8") as f:
+        prof = CostProfile.from_json(json.load(f))
+    if prof.key != key:
+        raise ValueError("its key differs from this setting's")
+    return prof
+
+
+def cached_profile(target, draft, *, batch: int = 1) -> CostProfile | None:
+    """The cached profile of this setting if there is a usable one, else None (nothing measured)."""
+    key = profile_key(target, draft, batch=batch, fresh=False)
+    try:
+        return _read(profile_path(key), key)
+    except (OSError, ValueError, TypeError, json.JSONDecodeError):
+        return None

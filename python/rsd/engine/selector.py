@@ -399,3 +399,31 @@ def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=
     cap = profile.node_cap if node_cap is None else min(int(node_cap), profile.node_cap)
     return Selector(profile, temperature=temperature, batch=batch, candidates=candidate_configs(cap),
                     profile_loader=loader, **kw)
+
+
+def scenario_choices(profile, *, temperature: float = 0.0, batch: int = 1, ctx: int = 256,
+                     first_child=(0.2, 0.4, 0.6, 0.8, 0.9), next_sibling: float = 0.3) -> list[dict]:
+    """What the selector would choose on ``profile`` if the draft's first child were accepted
+    with each probability of ``first_child`` (at every depth) and a next sibling after a rejection
+    with ``next_sibling``: the tree (None: target only), its padded rows, the predicted tokens per
+    block and the predicted speed-up over target-only decoding. For ``rsd profile`` and the first
+    run on a new machine (``bench/auto_profile.py``)."""
+    from .acceptance import AcceptanceStats
+
+    out = []
+    for a in first_child:
+        st = AcceptanceStats(decay=1.0)
+        for kind in ("rrs", "kseq"):  # r_d(1) = a at every depth, r_d(k > 1) = next_sibling
+            st.trials[kind][:] = 1e6
+            st.accepts[kind][:, 0] = a * 1e6
+            st.accepts[kind][:, 1:] = next_sibling * 1e6
+        sel = Selector(profile, temperature=temperature, batch=batch, stats=st, explore_every=0)
+        E, T, rows = sel.predict(ctx)
+        rate = E / T * batch
+        ar_rate = batch / sel.ar_time(ctx)
+        i = int(np.argmax(rate))
+        c = sel.choose(ctx)
+        out.append({"first_child": a, "config": None if c.config is None else str(c.config), "rows": c.rows,
+                    "tokens_per_block": float(E[i]) if c.config is not None else 1.0,
+                    "best_tree": str(sel.candidates[i]), "best_tree_speedup": float(rate[i] / ar_rate)})
+    return out
