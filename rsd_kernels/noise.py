@@ -38,12 +38,19 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 
 
-def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10):
+def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10, *, numpy: bool = False):
     """Philox4x32 on (broadcast) integer counters holding uint32 values.
 
     Returns the four output lanes as int64 tensors (values in ``[0, 2**32)``). Computed with
-    numpy's uint64 arithmetic: a product of two 32-bit words is exact in 64 bits.
+    numpy's uint64 arithmetic: a product of two 32-bit words is exact in 64 bits. The same numbers
+    come from C++ when :mod:`rsd_kernels.cpu_philox` could be built (``numpy=True``: NumPy always).
     """
+    if rounds == 10 and not numpy:
+        from . import cpu_philox
+
+        fast = cpu_philox.philox4x32(seed, [torch.as_tensor(c, dtype=torch.int64).cpu() for c in (c0, c1, c2, c3)])
+        if fast is not None:
+            return fast
     seed = int(seed)
     k0, k1 = np.uint64(seed & _M32), np.uint64((seed >> 32) & _M32)
     m32, s32 = np.uint64(_M32), np.uint64(32)
@@ -97,11 +104,17 @@ def gumbel_noise(seed: int, offset: int, rows: int, vocab: int, *, row_start: in
     if where is not None and not bool(where.all()):
         r, x = where.reshape(rows, vocab).cpu().nonzero(as_tuple=True)  # drawn on the CPU, like the full stream
         out = torch.zeros(rows, vocab, dtype=torch.float32)
-        out[r, x] = gumbel_from_uniform(uniform(seed, offset, r + row_start, STREAM_GUMBEL, x))
+        out[r, x] = gumbel_at(seed, offset, r + row_start, x)
         return out.to(device)
     r = torch.arange(row_start, row_start + rows, dtype=torch.int64)[:, None]
     x = torch.arange(vocab, dtype=torch.int64)[None, :]
     return gumbel_from_uniform(uniform(seed, offset, r, STREAM_GUMBEL, x)).to(device)
+
+
+def gumbel_at(seed: int, offset: int, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The ``GUMBEL`` stream at the entries ``(rows[i], tokens[i])`` (1-D int64, row-major order when
+    they come from a mask): the values :func:`gumbel_noise` puts there, without the dense tensor."""
+    return gumbel_from_uniform(uniform(seed, offset, rows, STREAM_GUMBEL, tokens))
 
 
 def verify_noise(seed: int, offset: int, batch: int, nodes: int, vocab: int, *, device=None):
