@@ -77,6 +77,7 @@ class AcceptanceStats:
         self.group_sum: dict[int, np.ndarray] = {}  # SpecTr K -> [MAX_DEPTH] decayed sum of group sizes
         self.group_cnt: dict[int, np.ndarray] = {}
         self.blocks = 0
+        self.version = 0  # changes with every update (the selector caches what it derives from the counts)
         self._tables = None
 
     # ---- updates ----------------------------------------------------------------------
@@ -107,6 +108,7 @@ class AcceptanceStats:
         self._decay()
         self._tables = None
         self.blocks += 1
+        self.version += 1
         for tokens, parents, num_nodes, path in rows:
             self._update_row(method, shape, tokens, parents, num_nodes, path)
 

@@ -205,6 +205,7 @@ class Selector:
         self.blocks = 0
         self.since_ar = 0  # speculative blocks since the last target-only step
         self._tt_cache: dict = {}
+        self._e_cache = None
 
     def set_batch(self, batch: int) -> None:
         """The batch shrank or grew (rows left): use the profile of that batch size (the
@@ -240,9 +241,12 @@ class Selector:
             self._tt_cache[key] = hit
         return hit
 
-    def predict(self, ctx: int, pending: int = 0, optimism: float = 0.0):
-        """``(E, T, rows)`` arrays over the candidates: predicted tokens, seconds, padded rows."""
+    def expected(self, optimism: float = 0.0) -> np.ndarray:
+        """Predicted tokens per block of every candidate (cached while the statistics do not change)."""
         st = self.stats
+        key = (id(st), st.version, optimism)
+        if self._e_cache is not None and self._e_cache[0] == key:
+            return self._e_cache[1]
         A, K = st.tables(optimism)
         E = np.empty(len(self.candidates))
         if self.closed.any():
@@ -252,6 +256,12 @@ class Selector:
             share = st.beam_shares(uniq, A) if m == "rsd-s" else st.spectr_shares(uniq, K)
             cum = np.cumprod(share[:, self.depth_idx], 1)[pos]  # [candidates of m, D]
             E[idx] = 1.0 + (cum * self.depth_mask[idx]).sum(1)
+        self._e_cache = (key, E)
+        return E
+
+    def predict(self, ctx: int, pending: int = 0, optimism: float = 0.0):
+        """``(E, T, rows)`` arrays over the candidates: predicted tokens, seconds, padded rows."""
+        E = self.expected(optimism)
         p = self.profile
         if self._td is None or self._td[0] is not p:
             wmax = max(int(self.widths.max()), 64)
@@ -374,6 +384,34 @@ class Selector:
             self.cooldown_len = 8
 
 
+    # ---- warm start ---------------------------------------------------------------------
+    def inherit(self, prev: "Selector", keep: float = 0.5) -> None:
+        """Start from what ``prev`` (an earlier run on the same profile) learnt: its timing
+        corrections, and its acceptance statistics and outside-work regression weighted by ``keep``
+        (a prior that the new text soon outweighs). Nothing of the new run's own blocks is used."""
+        st, ps = self.stats, prev.stats
+        for kind in st.trials:
+            st.trials[kind] = ps.trials[kind] * keep
+            st.accepts[kind] = ps.accepts[kind] * keep
+        st.children_hist = {w: h * keep for w, h in ps.children_hist.items()}
+        st.group_sum = {k: g * keep for k, g in ps.group_sum.items()}
+        st.group_cnt = {k: g * keep for k, g in ps.group_cnt.items()}
+        st._tables = None
+        st.version += 1
+        for name in ("f_T", "f_AR", "f_D", "o_AR", "ar_rate"):
+            old = getattr(prev, name)
+            setattr(self, name, _Ema(old.value, min(old.n, 1)))
+        self._M, self._v, self._theta = prev._M * keep, prev._v * keep, None
+
+
+_WARM: dict = {}
+
+
+def forget_warm_state() -> None:
+    """Make the next :func:`make_selector` start from its priors (see :meth:`Selector.inherit`)."""
+    _WARM.clear()
+
+
 def pow2(n: int) -> int:
     """The smallest power of two >= n."""
     return 1 << max(0, int(n) - 1).bit_length()
@@ -383,7 +421,9 @@ def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=
                   log=None, **kw) -> Selector:
     """A :class:`Selector` for these adapters: ``profile`` or the cached / newly measured one
     (:func:`rsd.engine.profile.load_or_measure`, for batches at the next power of two of the batch
-    size); ``node_cap`` lowers the profile's node cap."""
+    size); ``node_cap`` lowers the profile's node cap. Within a process, a new selector on the same
+    profile (and kind of temperature, batch size) starts from the last one's state
+    (:meth:`Selector.inherit`; :func:`forget_warm_state` resets that)."""
     loader = None
     if profile is None:
         from .profile import load_or_measure
@@ -397,8 +437,17 @@ def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=
 
         profile = loader(pow2(batch))
     cap = profile.node_cap if node_cap is None else min(int(node_cap), profile.node_cap)
-    return Selector(profile, temperature=temperature, batch=batch, candidates=candidate_configs(cap),
-                    profile_loader=loader, **kw)
+    sel = Selector(profile, temperature=temperature, batch=batch, candidates=candidate_configs(cap),
+                   profile_loader=loader, **kw)
+    # a later run on the same profile (same process) starts from what this one learns
+    import json
+
+    key = (json.dumps(profile.key, sort_keys=True), profile.created, temperature > 0, pow2(batch))
+    prev = _WARM.get(key)
+    if prev is not None:
+        sel.inherit(prev)
+    _WARM[key] = sel
+    return sel
 
 
 def scenario_choices(profile, *, temperature: float = 0.0, batch: int = 1, ctx: int = 256,
