@@ -61,7 +61,7 @@ def run(args) -> int:
     print(prof.table())
     if choices:
         print("the selector's choice if the draft's first child were accepted with probability a "
-              "(a later sibling: 0.3):")
+              "(the second child after a rejection: 0.3, each later one half that):")
         for c in choices:
             tree = "target only" if c["config"] is None else f"{c['config']} ({c['rows']} rows)"
             print(f"  a = {c['first_child']:.1f}: {tree:28s} best tree {c['best_tree']} "

@@ -49,7 +49,7 @@ import numpy as np
 
 from rsd_kernels.methods import METHODS, TreeConfig
 
-from .acceptance import MAX_DEPTH, MAX_RANK, AcceptanceStats
+from .acceptance import MAX_DEPTH, MAX_RANK, RANK_RATIO, AcceptanceStats
 
 SD_MAX = 8  # longest SD chain considered
 TREE_MAX_DEPTH = 6  # depth cap of the other methods (as rsd_kernels.methods.DEFAULT_MAX_DEPTH)
@@ -462,10 +462,11 @@ def scenario_choices(profile, *, temperature: float = 0.0, batch: int = 1, ctx: 
     out = []
     for a in first_child:
         st = AcceptanceStats(decay=1.0)
-        for kind in ("rrs", "kseq"):  # r_d(1) = a at every depth, r_d(k > 1) = next_sibling
+        decay = next_sibling * RANK_RATIO ** np.arange(st.trials["rrs"].shape[1] - 1)
+        for kind in ("rrs", "kseq"):  # r_d(1) = a at every depth, r_d(k) = next_sibling * RANK_RATIO**(k - 2)
             st.trials[kind][:] = 1e6
             st.accepts[kind][:, 0] = a * 1e6
-            st.accepts[kind][:, 1:] = next_sibling * 1e6
+            st.accepts[kind][:, 1:] = decay * 1e6
         sel = Selector(profile, temperature=temperature, batch=batch, stats=st, explore_every=0)
         E, T, rows = sel.predict(ctx)
         rate = E / T * batch
