@@ -62,7 +62,8 @@ def main(argv=None):
         choices = {}
         for T in (0.0, 1.0):
             choices[f"T={T:g}"] = scenario_choices(prof, temperature=T, batch=b)
-        print("the selector's choice if the first child were accepted with probability a (the second child after a rejection: 0.3, each later one half that):")
+        print("the selector's choice if the first child were accepted with probability a "
+              "(the second child after a rejection: 0.3, each later one half that):")
         for key, rows in choices.items():
             for c in rows:
                 tree = "target only" if c["config"] is None else f"{c['config']} ({c['rows']} rows)"

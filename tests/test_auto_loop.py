@@ -166,43 +166,21 @@ def test_draft_cache_correct_after_target_only_steps():
 def test_eagle_draft_after_target_only_steps(monkeypatch):
     """An EAGLE draft: after target-only steps every expanded node's q equals the draft recomputed from
     scratch on the committed tokens (the target features of the steps it missed are fed)."""
-    from test_loop_eagle import V, _draft, _draft_from_scratch
+    from test_loop_eagle import V, _draft, check_tree_against_recompute, record_trees
 
     from rsd.train.draft import tiny_target
 
     target = tiny_target(0)
     draft = _draft(target, torch.arange(0, V, 3))
     prompt = [1, 17, 230, 45, 99, 310, 7]
-    built = []
-    real = rsd_kernels.build_tree
-
-    def spy(*a, **kw):
-        out = real(*a, **kw)
-        built.append(out)
-        return out
-
-    monkeypatch.setattr(rsd_kernels, "build_tree", spy)
+    built = record_trees(monkeypatch)
     sel = ForcedSelector([None, None, TreeConfig("rsd-c", (2, 1)), None, TreeConfig("sd", (2,)), None, None,
                           TreeConfig("rsd-s", (2, 2))])
     r = generate(target, draft, prompt, "auto", temperature=1.0, max_new_tokens=24, seed=3, selector=sel)
     committed, checked, it = list(prompt), 0, iter(built)
     for blk in r.blocks:
         if blk.choice.config is not None:
-            drafted = next(it)
-            tree = drafted.tree
-            toks, pars = tree.tokens[0].tolist(), tree.parents[0].tolist()
-            for i in range(int(tree.num_nodes[0])):
-                path, j = [], i
-                while j > 0:
-                    path.append(toks[j])
-                    j = pars[j]
-                if len(path) >= blk.choice.config.depth:
-                    continue  # leaves of the last level are never fed
-                want = _draft_from_scratch(target, draft, committed, path[::-1])
-                got = drafted.draft_logits[0, i]
-                kept = torch.isfinite(want)
-                torch.testing.assert_close(got[kept], want[kept], atol=2e-4, rtol=1e-4)
-                checked += 1
+            checked += check_tree_against_recompute(target, draft, committed, next(it), blk.choice.config.depth)
         committed += r.tokens[len(committed) - len(prompt):][:blk.emitted]
     assert checked >= 6
 
@@ -242,6 +220,19 @@ def _pvalue(pairs, law):
     return chisquare(obs[nz].numpy(), ex[nz].numpy() * obs.sum().item() / ex[nz].sum().item()).pvalue
 
 
+def _break_verifier(monkeypatch, broken):
+    if broken:
+        monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
+
+
+def _assert_law(pairs, target, broken):
+    p = _pvalue(pairs, two_token_law(target, [1, 2, 3]))
+    if broken:
+        assert p < ALPHA, f"the broken verifier passed: p = {p:.2e}"
+    else:
+        assert p > ALPHA, f"p = {p:.2e}"
+
+
 def _single_pairs(target, draft, n):
     sel = ForcedSelector(SWITCH)
     dec = Decoder(target, draft, "auto", temperature=1.0, seed=0, selector=sel)
@@ -260,21 +251,15 @@ def _single_pairs(target, draft, n):
 
 
 @pytest.mark.slow
-def test_switching_trees_single_prompt_is_exact(small_pair):
+@pytest.mark.parametrize("broken", [False, True], ids=["exact", "broken-verifier"])
+def test_switching_trees_single_prompt(small_pair, monkeypatch, broken):
+    """The law of the first two tokens with trees switching between blocks; a broken verifier must fail."""
+    _break_verifier(monkeypatch, broken)
     target, draft = small_pair
     pairs, accepted, switched = _single_pairs(target, draft, N_SINGLE)
-    assert 0.1 * N_SINGLE < accepted < 0.9 * N_SINGLE and switched > 0.1 * N_SINGLE
-    p = _pvalue(pairs, two_token_law(target, [1, 2, 3]))
-    assert p > ALPHA, f"p = {p:.2e}"
-
-
-@pytest.mark.slow
-def test_switching_trees_single_prompt_broken_verifier_is_caught(small_pair, monkeypatch):
-    monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
-    target, draft = small_pair
-    pairs, _, _ = _single_pairs(target, draft, N_SINGLE)
-    p = _pvalue(pairs, two_token_law(target, [1, 2, 3]))
-    assert p < ALPHA, f"the broken verifier passed: p = {p:.2e}"
+    if not broken:
+        assert 0.1 * N_SINGLE < accepted < 0.9 * N_SINGLE and switched > 0.1 * N_SINGLE
+    _assert_law(pairs, target, broken)
 
 
 def _batch_pairs(target, draft, n):
@@ -284,17 +269,12 @@ def _batch_pairs(target, draft, n):
 
 
 @pytest.mark.slow
-def test_switching_trees_batched_is_exact(small_pair):
+@pytest.mark.parametrize("broken", [False, True], ids=["exact", "broken-verifier"])
+def test_switching_trees_batched(small_pair, monkeypatch, broken):
+    """As above with the batched loop (one tree for all rows per block; rows independent)."""
+    _break_verifier(monkeypatch, broken)
     target, draft = small_pair
     pairs, rb = _batch_pairs(target, draft, N_BATCH)
-    assert len(rb.blocks) >= 2 and rb.batch_sizes[1] > 0.1 * N_BATCH  # many rows took their 2nd token from another tree
-    p = _pvalue(pairs, two_token_law(target, [1, 2, 3]))
-    assert p > ALPHA, f"p = {p:.2e}"
-
-
-@pytest.mark.slow
-def test_switching_trees_batched_broken_verifier_is_caught(small_pair, monkeypatch):
-    monkeypatch.setattr(rsd_kernels, "verify_tree", always_accept_first_child)
-    target, draft = small_pair
-    p = _pvalue(_batch_pairs(target, draft, N_BATCH)[0], two_token_law(target, [1, 2, 3]))
-    assert p < ALPHA, f"the broken verifier passed: p = {p:.2e}"
+    if not broken:  # many rows took their 2nd token from another tree
+        assert len(rb.blocks) >= 2 and rb.batch_sizes[1] > 0.1 * N_BATCH
+    _assert_law(pairs, target, broken)
