@@ -95,7 +95,8 @@ def run(args):
     configs = ["ar"] + [c for c in (args.configs.split(";") if args.configs else STATIC) if c.strip()] + ["auto"]
     configs = list(dict.fromkeys(c.strip() for c in configs))
     temps = [float(t) for t in args.temperatures.split(",")]
-    out = {"schema": "rsd-auto-speed/1", "pair": label, "threads": args.threads, "tokens": args.tokens,
+    out = {"schema": "rsd-auto-speed/1", "pair": label, "threads": args.threads, "clock": args.clock,
+           "tokens": args.tokens,
            "prompts": len(prompts), "rounds": args.rounds, "configs": configs, "temperatures": temps,
            "environment": {"python": platform.python_version(), "torch": torch.__version__,
                            "cpu_count": os.cpu_count(), "platform": platform.platform()},
@@ -165,7 +166,8 @@ def run(args):
 def report(out):
     for key, res in out["results"].items():
         tot = res["total"]
-        print(f"\n{key}: {out['prompts']} prompts x {out['tokens']} tokens, {out['threads']} threads ({out['pair']})")
+        print(f"\n{key}: {out['prompts']} prompts x {out['tokens']} tokens, {out['threads']} threads, "
+              f"{out.get('clock', 'wall')} clock ({out['pair']})")
         print(f"  {'config':14s} {'tau':>5s} {'tok/s':>7s} {'speed-up':>8s} {'min prompt':>10s}  same tokens as ar")
         for c, t in tot.items():
             same = all(r["results"][c]["same_tokens_as_ar"] for r in res["prompts"])
@@ -203,8 +205,18 @@ def main(argv=None):
     ap.add_argument("--configs", default=None, help="static configurations, ';'-separated (default: issue 23's table)")
     ap.add_argument("--rounds", type=int, default=1, help="runs per configuration and prompt (the best is kept)")
     ap.add_argument("--cold", action="store_true", help="auto starts every prompt from its prior")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="thread: every time (the profile, the selector's, the speed-ups) is this thread's CPU time "
+                         "(needs --threads 1; for a shared machine; its profile is cached apart from wall-clock ones)")
     ap.add_argument("--out", default=None, help="JSON output")
     args = ap.parse_args(argv)
+    if args.clock == "thread":
+        if args.threads != 1:
+            ap.error("--clock thread needs --threads 1 (other threads' work would not be counted)")
+        time.perf_counter = time.thread_time  # the loop, the profile and the selector all read it
+        from rsd.engine.cachedir import cache_dir
+
+        os.environ["RSD_CACHE_DIR"] = cache_dir("thread-clock")
     if args.prompts < 1 or args.tokens < 1 or args.rounds < 1 or args.threads < 1:
         ap.error("--prompts, --tokens, --rounds and --threads must be positive")
     run(args)

@@ -19,10 +19,11 @@ row count of a verification forward: the measured n' >= n with the least predict
 
 Measurement: after one untimed pass over every size, ``repeats`` rounds each time every size
 once (interleaved, so a slow period of a shared machine hits all sizes alike); the statistic is
-the per-size minimum (the best of the repeats: other work on the machine only ever adds time). The target sizes stop growing at the **node cap**: the first measured n
-with ``t(n) > MAX_COST_RATIO * t(1)`` ends the sweep (no tree whose depth is at most
-``MAX_COST_RATIO - 1`` can pay for it), so a profile on a CPU stays cheap (seconds) and a GPU
-profile reaches n = 64.
+the per-size minimum (the best of the repeats: other work on the machine only ever adds time).
+The target sizes stop growing at the **node cap**: two measured n in a row (from
+:data:`MIN_CAP` on) with ``t(n) > MAX_COST_RATIO * t(1)`` end the sweep (no tree whose depth is
+at most ``MAX_COST_RATIO - 1`` can pay for it), so a profile on a CPU stays cheap (seconds) and a
+GPU profile reaches n = 64.
 
 Cache: one JSON file per key under ``cache_dir("profiles")`` (:mod:`rsd.engine.cachedir`), named
 by the SHA-256 of the key; the file repeats the key, and :func:`load_or_measure` uses it only if
@@ -53,6 +54,7 @@ DRAFT_WS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 CONTEXTS = (128, 512)
 REPEATS = 3
 MAX_COST_RATIO = 8.0  # node cap: stop the target sweep where t(n) exceeds this many target steps
+MIN_CAP = 16  # the sweep never stops before this many new tokens
 PAD_GAIN = 0.03  # pad a verification forward only when that is at least 3% cheaper
 
 
@@ -415,14 +417,15 @@ def measure(target, draft, *, batch: int = 1, repeats: int = REPEATS, contexts=C
     with torch.no_grad():
         bench = _Bench(target, batch, c1, room)
         calls = {("ar", c0): bench.step(c0)}
-        t1 = None
+        t1, over = None, 0
         for n in target_ns:  # untimed pass; ends at the node cap
             fn = bench.tree(n, c0)
             t = _time(fn, dev)
             calls[("t", n, c0)] = fn
             if n == 1:
-                t1 = t
-            elif t > MAX_COST_RATIO * t1:
+                t1 = min(t, _time(fn, dev))
+            over = over + 1 if t > MAX_COST_RATIO * t1 else 0
+            if over >= 2 and n >= MIN_CAP:  # two sizes in a row (one slow call of a busy machine is no cap)
                 break
         ns = sorted(k[1] for k in calls if k[0] == "t")
         ctx_ns = [n for n in TARGET_CTX_NS if n in ns]

@@ -318,7 +318,8 @@ class Selector:
             if j != best:
                 return spec(j, "explore")
         cur = self.current
-        if cur is not None and rate[cur] > 0 and rate[cur] * (1 + self.hysteresis) >= rate[best]:
+        if (cur is not None and rate[cur] >= ar_rate * (1 + self.margin)
+                and rate[cur] * (1 + self.hysteresis) >= rate[best]):
             return spec(cur, "keep")
         return spec(best, "best")
 
