@@ -188,3 +188,22 @@ def test_selection_is_cheap():
     per = (time.thread_time() - t0) / 20
     assert per < 0.02, f"{per * 1e3:.1f} ms per choice"  # generous: CI machines are slow; ~1 ms here
     assert np.isfinite(sel.predict(200)[1]).all()
+
+
+def test_warm_start_never_from_the_same_seed():
+    """A new run starts from the last run's state on the same profile, but never from a state that
+    learnt from a run with its own Philox seed (a tree choice must not depend on its block's noise)."""
+    from rsd.engine.selector import forget_warm_state, make_selector
+
+    forget_warm_state()
+    prof = synthetic_profile(lambda n: 1 + 0.1 * (n - 1))
+    a = make_selector(None, None, temperature=1.0, profile=prof, seed=1)
+    feed(a.stats, 0.9, 0.3, blocks=50)
+    b = make_selector(None, None, temperature=1.0, profile=prof, seed=2)
+    assert b.stats.trials["rrs"].sum() > 0 and b.seeds == {1, 2}  # inherited (at half weight)
+    assert b.stats.trials["rrs"].sum() == pytest.approx(0.5 * a.stats.trials["rrs"].sum())
+    c = make_selector(None, None, temperature=1.0, profile=prof, seed=1)
+    assert c.stats.trials["rrs"].sum() == 0 and c.seeds == {1}  # b's state holds seed 1's run: not inherited
+    d = make_selector(None, None, temperature=0.0, profile=prof, seed=3)
+    assert d.stats.trials["rrs"].sum() == 0  # another kind of temperature: its own state
+    forget_warm_state()

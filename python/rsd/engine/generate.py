@@ -21,7 +21,8 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
         method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``, or
             ``"auto"``: before every block the tree (or target-only decoding) with the highest
             predicted tokens per second on this machine (:mod:`rsd.engine.selector`); the output
-            distribution is still exactly the target's.
+            distribution is still exactly the target's (its trees follow measured times, so two
+            sampled runs with one seed may differ; greedy output is the target's).
         config, budget: the tree (see :func:`resolve_config`); for ``"auto"`` ``budget`` caps the
             draft nodes of the trees it weighs.
         temperature, top_k, top_p: sampling warps, shared by draft and target; temperature 0

@@ -126,7 +126,7 @@ class Decoder:
                 raise ValueError("method 'auto' needs a draft model")
             self.selector = selector if selector is not None else make_selector(
                 self.target, self.draft, temperature=self.temperature, batch=batch, profile=profile,
-                node_cap=budget)
+                node_cap=budget, seed=seed)
 
     @property
     def depth(self) -> int:

@@ -204,6 +204,7 @@ class Selector:
         self.current: int | None = None
         self.blocks = 0
         self.since_ar = 0  # speculative blocks since the last target-only step
+        self.seeds: set = set()  # Philox seeds of the runs this state has learnt from (make_selector)
         self._tt_cache: dict = {}
         self._e_cache = None
 
@@ -419,12 +420,14 @@ def pow2(n: int) -> int:
 
 
 def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=None, node_cap: int | None = None,
-                  log=None, **kw) -> Selector:
+                  seed: int | None = None, log=None, **kw) -> Selector:
     """A :class:`Selector` for these adapters: ``profile`` or the cached / newly measured one
     (:func:`rsd.engine.profile.load_or_measure`, for batches at the next power of two of the batch
     size); ``node_cap`` lowers the profile's node cap. Within a process, a new selector on the same
     profile (and kind of temperature, batch size) starts from the last one's state
-    (:meth:`Selector.inherit`; :func:`forget_warm_state` resets that)."""
+    (:meth:`Selector.inherit`; :func:`forget_warm_state` resets that) -- unless that state has
+    learnt from a run with the same Philox ``seed``: a tree choice must never depend on the noise its
+    own block draws, and a run with the same seed drew the same noise."""
     loader = None
     if profile is None:
         from .profile import load_or_measure
@@ -445,8 +448,10 @@ def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=
 
     key = (json.dumps(profile.key, sort_keys=True), profile.created, temperature > 0, pow2(batch))
     prev = _WARM.get(key)
-    if prev is not None:
+    sel.seeds = {seed}
+    if prev is not None and seed is not None and seed not in prev.seeds:
         sel.inherit(prev)
+        sel.seeds |= prev.seeds
     _WARM[key] = sel
     return sel
 
