@@ -149,8 +149,9 @@ class AcceptanceStats:
 
     # ---- estimates --------------------------------------------------------------------
     def rates(self, kind: str = "rrs", optimism: float = 0.0) -> np.ndarray:
-        """``r [MAX_DEPTH, MAX_RANK]``: conditional acceptance by depth and rank. ``optimism`` > 0
-        adds an upper-confidence bonus ``optimism / sqrt(trials + strength)`` (exploration)."""
+        """``r [MAX_DEPTH, MAX_RANK]``: conditional acceptance by depth and rank. ``optimism`` adds
+        ``optimism / sqrt(trials + strength)``: > 0 an upper confidence bound (exploration), < 0 a
+        lower one (a choice that must not lose where the counts are thin)."""
         t, a = self.trials[kind], self.accepts[kind]
         s = self.strength
         den = t + s
@@ -167,8 +168,8 @@ class AcceptanceStats:
                 c[1:] = (a[d, 1:] + s * 0.5 * r[d - 1, 1:]) / den[d, 1:]
                 e[1:] = s * 0.5 * RANK_RATIO / den[d, 1:]
             r[d] = _first_order(c, e)
-        if optimism > 0:
-            r = np.minimum(r + optimism / np.sqrt(t + s), 0.999)
+        if optimism:
+            r = np.clip(r + optimism / np.sqrt(t + s), 0.0, 0.999)
         return r
 
     @staticmethod
@@ -224,13 +225,13 @@ class AcceptanceStats:
         return self.spectr_shares([K], A)[0]
 
     def tables(self, optimism: float = 0.0):
-        """``(A_rrs, A_kseq)`` of :meth:`any_accepted` (cached until the next update when ``optimism`` is 0)."""
-        if optimism == 0 and self._tables is not None:
-            return self._tables
-        out = (self.any_accepted(self.rates("rrs", optimism)), self.any_accepted(self.rates("kseq", optimism)))
-        if optimism == 0:
-            self._tables = out
-        return out
+        """``(A_rrs, A_kseq)`` of :meth:`any_accepted` (cached per ``optimism`` until the next update)."""
+        if self._tables is None:
+            self._tables = {}
+        if optimism not in self._tables:
+            self._tables[optimism] = (self.any_accepted(self.rates("rrs", optimism)),
+                                      self.any_accepted(self.rates("kseq", optimism)))
+        return self._tables[optimism]
 
     def expected_tokens(self, config, optimism: float = 0.0) -> float:
         """Predicted tokens per block of ``config`` (a :class:`rsd_kernels.TreeConfig`)."""

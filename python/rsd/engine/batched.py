@@ -413,8 +413,10 @@ class BatchDecoder:
         else:
             out, (tree, paths, fwd) = self._sd_block(cfg, rows)
             self.noise_offset += cfg.depth
-            tt, pp, nn = tree.tokens.tolist(), tree.parents.tolist(), tree.num_nodes.tolist()
-            verified = [(tt[b], pp[b], nn[b], paths[b]) for b in range(len(paths))]
+            verified = None
+            if self.dec.auto:
+                tt, pp, nn = tree.tokens.tolist(), tree.parents.tolist(), tree.num_nodes.tolist()
+                verified = [(tt[b], pp[b], nn[b], paths[b]) for b in range(len(paths))]
         self.block += 1
         self.last_choice = choice
         if self.dec.auto:

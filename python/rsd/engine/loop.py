@@ -118,7 +118,6 @@ class Decoder:
         self.block = 0
         self.noise_offset = 0  # running GUMBEL offset (see the module docstring)
         self.selector = None
-        self.last = None  # (Choice, draft forward seconds) of the last block (method="auto")
         if self.auto:
             from .selector import make_selector
 
@@ -189,7 +188,8 @@ class Decoder:
                 self.target, self.draft, cfg, self.state, self.samp, self.seed, self.noise_offset, self.block,
                 self.backend, rows)
             self.noise_offset += cfg.depth
-            verified = [(tree.tokens[0].tolist(), tree.parents[0].tolist(), int(tree.num_nodes[0]), path)]
+            verified = [(tree.tokens[0].tolist(), tree.parents[0].tolist(), int(tree.num_nodes[0]), path)
+                        ] if self.auto else None
         self.block += 1
         if self.auto:
             t1 = time.perf_counter()

@@ -56,12 +56,15 @@ TREE_MAX_DEPTH = 6  # depth cap of the other methods (as rsd_kernels.methods.DEF
 
 
 def candidate_configs(node_cap: int, *, max_depth: int = TREE_MAX_DEPTH, sd_max: int = SD_MAX,
-                      methods=METHODS) -> list[TreeConfig]:
+                      methods=METHODS, temperature: float | None = None) -> list[TreeConfig]:
     """Every tree the selector weighs, at most ``node_cap`` draft nodes: SD chains up to
     ``sd_max``; RSD-C non-increasing branching vectors (not all ones: that is SD), RSD-S (W, L)
-    and SpecTr (K, L) with depth up to ``max_depth``."""
+    and SpecTr (K, L) with depth up to ``max_depth``. At ``temperature`` 0 no SpecTr: its K greedy
+    chains are one chain K times (SD with duplicated nodes)."""
     if isinstance(node_cap, bool) or not isinstance(node_cap, int) or node_cap < 1:
         raise ValueError(f"node_cap must be a positive int, got {node_cap!r}")
+    if temperature == 0:
+        methods = tuple(m for m in methods if m != "spectr")
     out = []
     if "sd" in methods:
         out += [TreeConfig("sd", (L,)) for L in range(1, min(sd_max, node_cap) + 1)]
@@ -144,7 +147,8 @@ class Selector:
     margin: float = 0.03
     hysteresis: float = 0.03
     explore_every: int = 16
-    optimism: float = 0.5
+    optimism: float = 0.5  # exploration: acceptance + optimism / sqrt(counts)
+    caution: float = 0.3  # the choice: acceptance - caution / sqrt(counts) (thin counts do not win)
     guard_window: int = 12
     calibrate_after: int = 2
     calibrate_every: int = 32
@@ -156,7 +160,7 @@ class Selector:
         if self.stats is None:
             self.stats = AcceptanceStats()
         if self.candidates is None:
-            self.candidates = candidate_configs(self.profile.node_cap)
+            self.candidates = candidate_configs(self.profile.node_cap, temperature=self.temperature)
         if not self.candidates:
             raise ValueError("candidates is empty")
         cs = self.candidates
@@ -285,7 +289,7 @@ class Selector:
         self.blocks += 1
         ar = Choice(None, 1, self.ar_time(ctx), 1.0, "best")
         E, T, rows = self.predict(ctx, pending)
-        rate = E / T * self.batch
+        rate = self.expected(-self.caution) / T * self.batch  # decisions: a lower confidence bound
         if max_depth is not None:
             rate = np.where(self.L <= max_depth, rate, -1.0)
         best = int(np.argmax(rate))
@@ -441,8 +445,8 @@ def make_selector(target, draft, *, temperature: float, batch: int = 1, profile=
 
         profile = loader(pow2(batch))
     cap = profile.node_cap if node_cap is None else min(int(node_cap), profile.node_cap)
-    sel = Selector(profile, temperature=temperature, batch=batch, candidates=candidate_configs(cap),
-                   profile_loader=loader, **kw)
+    sel = Selector(profile, temperature=temperature, batch=batch,
+                   candidates=candidate_configs(cap, temperature=temperature), profile_loader=loader, **kw)
     # a later run on the same profile (same process) starts from what this one learns
     import json
 
