@@ -8,10 +8,12 @@
 #      (when step 1 failed: without the cuda ones, so the triton rows still come),
 #   3. the microbenchmarks: python bench/run_bench.py (the bench/bench_*.py cases, goal shapes first,
 #      device times; the cuda rows are skipped when step 1 failed),
-#   4. the end-to-end loop at the seed's shapes: python bench/e2e_loop.py measure (Llama-2-7B and
+#   4. method="auto": python bench/auto_profile.py (its cost profile at the Llama-2-7B shape with the
+#      115M draft, batch 1 and 8, and the trees the selector would choose there),
+#   5. the end-to-end loop at the seed's shapes: python bench/e2e_loop.py measure (Llama-2-7B and
 #      -13B-shaped targets, a 115M draft, random bf16 weights; AR and every method at budgets
 #      6..30; then the projected token-rate table),
-#   5. the table (bench/report.py): each step's status, the microbenchmarks with the floor
+#   6. the table (bench/report.py): each step's status, the microbenchmarks with the floor
 #      fraction of the 4.3 TB/s copy bandwidth and the ratios to SDPA / FlexAttention / the torch
 #      reference, issue 21's goals met / MISSED / not measured (tree attention >= 60% of 4.3 TB/s at
 #      B=1 GQA prefix 16384 and at B=8; rrs verify <= 25 us at B=1 V=32000 and <= 60 us at B=64
@@ -23,8 +25,10 @@
 # e2e/projected.json, e2e.txt, summary.txt), else under a temporary directory.
 # Budget: GPU_CHECK_BUDGET_S (default 440 s; with the facts and the table, under 8 minutes) is shared
 # by the steps: each step's timeout is its cap (GPU_CHECK_BUILD_S 150, GPU_CHECK_TESTS_S 90,
-# GPU_CHECK_BENCH_S 80, the rest to e2e) unless that would eat what the later steps are guaranteed
-# (tests 40, bench 40, e2e 100, table 10). A step past its timeout is stopped and reported TIMEOUT.
+# GPU_CHECK_BENCH_S 80, GPU_CHECK_AUTO_S 60, the rest to e2e) unless that would eat what the later steps
+# are guaranteed (tests 40, bench 40, auto 30, e2e 100, table 10). A step past its timeout is stopped
+# and reported TIMEOUT. Step 4 (bench/auto_profile.py) builds method="auto"'s cost profile at the
+# 7B shape (batch 1 and 8) and prints the trees the selector would choose there (auto_profile.txt).
 # It has not yet run on a GPU (no device was lent so far): the H200 table is still owed.
 # GPU_CHECK_DRY_RUN=1 runs the same steps on a CPU at tiny shapes (the build fails there, which is
 # the point: the table must still come); GPU_CHECK_TESTS_K replaces step 2's -k expression;
@@ -90,7 +94,7 @@ skipped() { case "$SKIP" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
   echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS budget=${BUDGET}s dry_run=$DRY"
 } | tee "$RES/env.txt"
 
-echo "== 1/4 build the CUDA extension"
+echo "== 1/5 build the CUDA extension"
 t=$(date +%s)
 : >"$RES/build.log"
 build_ok=0
@@ -101,9 +105,9 @@ else
   # extension in place through setup.py (setuptools compiles without ninja, one file at a time).
   if [ "$(fact ninja)" != 1 ]; then
     echo "ninja not found: RSD_KERNELS_BUILD_CUDA=1 python setup.py build_ext --inplace" | tee -a "$RES/build.log"
-    RSD_KERNELS_BUILD_CUDA=1 timeout -k 10 "$(cap ${GPU_CHECK_BUILD_S:-150} 190)" $PY setup.py build_ext --inplace >>"$RES/build.log" 2>&1
+    RSD_KERNELS_BUILD_CUDA=1 timeout -k 10 "$(cap ${GPU_CHECK_BUILD_S:-150} 220)" $PY setup.py build_ext --inplace >>"$RES/build.log" 2>&1
   fi
-  timeout -k 10 "$(cap ${GPU_CHECK_BUILD_S:-150} 190)" $PY -c "
+  timeout -k 10 "$(cap ${GPU_CHECK_BUILD_S:-150} 220)" $PY -c "
 import time
 t = time.perf_counter()
 from rsd_kernels import cuda_backend
@@ -127,14 +131,14 @@ else
   E2E_BACKEND=${E2E_BACKEND:-auto}
 fi
 
-echo "== 2/4 kernel tests (cuda, triton vs the torch reference)"
+echo "== 2/5 kernel tests (cuda, triton vs the torch reference)"
 t=$(date +%s)
 K=${GPU_CHECK_TESTS_K:-"(kernel or cuda or noise) and not all_cuda_sources_compile and not emulated$CUDA_K"}
 if skipped tests; then
   step tests "skipped" 0 "GPU_CHECK_SKIP"
 else
   # SIGINT first: pytest then still writes the JUnit XML of the tests that ran
-  timeout -s INT -k 15 "$(cap ${GPU_CHECK_TESTS_S:-90} 150)" $PY -m pytest tests/ -q -p no:cacheprovider -rs -k "$K" \
+  timeout -s INT -k 15 "$(cap ${GPU_CHECK_TESTS_S:-90} 180)" $PY -m pytest tests/ -q -p no:cacheprovider -rs -k "$K" \
     --junitxml="$RES/tests.xml" >"$RES/tests.txt" 2>&1
   rc=$?
   tail -n 25 "$RES/tests.txt"
@@ -142,12 +146,12 @@ else
   step tests "$(rcstatus $rc)" $(( $(date +%s) - t )) "$(tail -n 1 "$RES/tests.txt" | cut -c1-150)"
 fi
 
-echo "== 3/4 microbenchmarks"
+echo "== 3/5 microbenchmarks"
 t=$(date +%s)
 if skipped bench; then
   step bench "skipped" 0 "GPU_CHECK_SKIP"
 else
-  c=$(cap ${GPU_CHECK_BENCH_S:-80} 110)
+  c=$(cap ${GPU_CHECK_BENCH_S:-80} 140)
   # no case starts after c - 20 s; the JSON is rewritten after every case, so a timeout keeps them
   # shellcheck disable=SC2086
   timeout -k 10 "$c" $PY bench/run_bench.py --out "$RES/bench.json" --deadline-s $(( c > 40 ? c - 20 : c / 2 )) \
@@ -157,7 +161,22 @@ else
   step bench "$(rcstatus $rc)" $(( $(date +%s) - t )) "$(tail -n 1 "$RES/bench.txt" | cut -c1-150)"
 fi
 
-echo "== 4/4 end-to-end decoding loop"
+echo "== 4/5 method=auto: the cost profile at the 7B shape and the trees it picks"
+t=$(date +%s)
+if skipped auto; then
+  step auto "skipped" 0 "GPU_CHECK_SKIP"
+else
+  c=$(cap ${GPU_CHECK_AUTO_S:-60} 110)
+  AUTO_ARGS=""
+  [ "$DRY" = 1 ] && AUTO_ARGS="--tiny --device cpu"
+  timeout -k 10 "$c" $PY bench/auto_profile.py --out "$RES/auto" --time-budget-s $(( c / 2 )) $AUTO_ARGS \
+    >"$RES/auto_profile.txt" 2>&1
+  rc=$?
+  grep -E "^(==|auto profile|  T=0 a = 0.[48])" "$RES/auto_profile.txt" | head -n 12
+  step auto "$(rcstatus $rc)" $(( $(date +%s) - t )) "$(tail -n 1 "$RES/auto_profile.txt" | cut -c1-150)"
+fi
+
+echo "== 5/5 end-to-end decoding loop"
 t=$(date +%s)
 if skipped e2e; then
   step e2e "skipped" 0 "GPU_CHECK_SKIP"

@@ -95,13 +95,20 @@ _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
 
 
-def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10):
+def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10, *, numpy: bool = False):
     """Philox4x32 on (broadcast) integer counters holding uint32 values.
 
     Returns the four output lanes as int64 tensors (values in ``[0, 2**32)``). Computed with
     numpy's uint64 arithmetic (a product of two 32-bit words is exact in 64 bits), in chunks
-    that stay in the CPU's cache.
+    that stay in the CPU's cache. The same numbers come from C++ when :mod:`rsd_kernels.cpu_philox`
+    could be built (``numpy=True``: NumPy always).
     """
+    if rounds == 10 and not numpy:
+        from . import cpu_philox
+
+        fast = cpu_philox.philox4x32(seed, [torch.as_tensor(c, dtype=torch.int64).cpu() for c in (c0, c1, c2, c3)])
+        if fast is not None:
+            return fast
     seed = int(seed)
     m32 = np.uint64(_M32)
     cs = [torch.as_tensor(c, dtype=torch.int64).cpu().numpy().astype(np.uint64) & m32 for c in (c0, c1, c2, c3)]
@@ -226,6 +233,12 @@ def gumbel_noise(seed: int, offset: int, rows: int, vocab: int, *, row_start: in
             out[r, x] = gumbel_from_uniform(uniform_from_bits(lanes[inv, x & 3]))
         return out.to(device)
     return gumbel_from_uniform(_token_uniforms_dense(seed, offset, row_start, rows, STREAM_GUMBEL, vocab)).to(device)
+
+
+def gumbel_at(seed: int, offset: int, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The ``GUMBEL`` stream at the entries ``(rows[i], tokens[i])`` (1-D int64, row-major order when
+    they come from a mask): the values :func:`gumbel_noise` puts there, without the dense tensor."""
+    return gumbel_from_uniform(uniform(seed, offset, rows, STREAM_GUMBEL, tokens))
 
 
 def verify_noise(seed: int, offset: int, batch: int, nodes: int, vocab: int, *, device=None):

@@ -114,6 +114,10 @@ def test_gpu_check_dry_run_prints_the_table(tmp_path):
     assert "cuda: the CUDA extension did not build" in summary  # the bench step did not retry the build
     assert "PROJECTED token rate" in summary and "tiny target (projected)" in summary
     assert json.loads((tmp_path / "e2e" / "projected.json").read_text())["runs"]
+    # method="auto": the cost profile and the trees it would choose (tiny shapes here)
+    assert "auto\tok" in (tmp_path / "steps.tsv").read_text()
+    prof = json.loads((tmp_path / "auto" / "auto_profile.json").read_text())
+    assert prof["profiles"]["1"]["profile"]["target_n"][0] == 1 and len(prof["profiles"]["1"]["choices"]["T=0"]) == 5
 
 
 def test_run_bench_order_and_deadline(tmp_path):

@@ -86,10 +86,8 @@ def _draft_from_scratch(target, draft, committed, path_tokens):
     return logits
 
 
-@pytest.mark.parametrize("method,config", [("rsd-s", "2x3"), ("rsd-c", "3,2"), ("sd", "4")])
-def test_feature_flow_matches_recompute(method, config, target, draft, monkeypatch):
-    """Every expanded node's q in every block equals the from-scratch draft (sampled decoding, so
-    acceptance varies and pending chains of several tokens occur)."""
+def record_trees(monkeypatch) -> list:
+    """Every :func:`rsd_kernels.build_tree` result from now on (the loop's drafted trees)."""
     built = []
     real = rsd_kernels.build_tree
 
@@ -99,29 +97,45 @@ def test_feature_flow_matches_recompute(method, config, target, draft, monkeypat
         return out
 
     monkeypatch.setattr(rsd_kernels, "build_tree", spy)
+    return built
+
+
+def check_tree_against_recompute(target, draft, committed, drafted, depth) -> int:
+    """Assert that every expanded node's q in ``drafted`` (a tree of ``depth`` levels built after
+    ``committed``) equals the from-scratch draft; returns the number of nodes checked."""
+    tree = drafted.tree
+    toks, pars = tree.tokens[0].tolist(), tree.parents[0].tolist()
+    n = int(tree.num_nodes[0])
+    node_depth = [0] * n
+    for i in range(1, n):
+        node_depth[i] = node_depth[pars[i]] + 1
+    checked = 0
+    for i in range(n):
+        if node_depth[i] >= depth:
+            continue  # leaves of the last level are never fed to the draft
+        path, j = [], i
+        while j > 0:
+            path.append(toks[j])
+            j = pars[j]
+        want = _draft_from_scratch(target, draft, committed, path[::-1])
+        got = drafted.draft_logits[0, i]
+        kept = torch.isfinite(want)
+        assert torch.equal(kept, torch.isfinite(got)), f"block {len(committed)}: node {i} kept ids differ"
+        torch.testing.assert_close(got[kept], want[kept], atol=2e-4, rtol=1e-4)
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("method,config", [("rsd-s", "2x3"), ("rsd-c", "3,2"), ("sd", "4")])
+def test_feature_flow_matches_recompute(method, config, target, draft, monkeypatch):
+    """Every expanded node's q in every block equals the from-scratch draft (sampled decoding, so
+    acceptance varies and pending chains of several tokens occur)."""
+    built = record_trees(monkeypatch)
     r = generate(target, draft, PROMPT, method, config, temperature=1.0, max_new_tokens=16, seed=3)
     committed = list(PROMPT)
     checked = 0
     for drafted, blk in zip(built, r.blocks):
-        tree = drafted.tree
-        toks, pars = tree.tokens[0].tolist(), tree.parents[0].tolist()
-        n = int(tree.num_nodes[0])
-        depth = [0] * n
-        for i in range(1, n):
-            depth[i] = depth[pars[i]] + 1
-        for i in range(n):
-            if depth[i] >= r.config.depth:
-                continue  # leaves of the last level are never fed to the draft
-            path, j = [], i
-            while j > 0:
-                path.append(toks[j])
-                j = pars[j]
-            want = _draft_from_scratch(target, draft, committed, path[::-1])
-            got = drafted.draft_logits[0, i]
-            kept = torch.isfinite(want)
-            assert torch.equal(kept, torch.isfinite(got)), f"block {len(committed)}: node {i} kept ids differ"
-            torch.testing.assert_close(got[kept], want[kept], atol=2e-4, rtol=1e-4)
-            checked += 1
+        checked += check_tree_against_recompute(target, draft, committed, drafted, r.config.depth)
         committed += r.tokens[len(committed) - len(PROMPT):][:blk.emitted]
     assert checked > len(built), "too few nodes checked"
     assert max(r.accepted_lengths) >= 1, "no block accepted a token: pending chains not exercised"

@@ -3,6 +3,13 @@
 These functions take already-validated arguments (see ``rsd_kernels.sampling``) and are the
 ground truth for the Triton and CUDA kernels. Noise arrives either explicitly or as
 ``(seed, offset)`` for the shared Philox streams of :mod:`rsd_kernels.noise`.
+
+**Sparse rows.** When most logits are ``-inf`` (a restricted-head draft: 8192 of 49152 tokens),
+:func:`sample_topk` (sampling) and :func:`beam_step` do their per-candidate work on the finite
+entries only (:data:`SPARSE_BELOW`): the same noise values (the stream drawn where it is read), the
+same formulas on the same values, the same top-k -- only the entries that cannot be chosen are
+skipped. Elementwise transcendental ops run on arrays padded to :data:`PAD` elements so every entry
+takes torch's vectorised path, as it does in the dense layout. Tests check both paths token for token.
 """
 from __future__ import annotations
 
@@ -11,8 +18,42 @@ import torch
 from .. import noise as _noise
 
 
+SPARSE_BELOW = 0.5  # finite fraction of the logits under which the sparse paths are taken
+PAD = 64  # sparse elementwise arrays are padded to a multiple of this many entries
+
+
 def _compute_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _sparse(finite: torch.Tensor) -> bool:
+    return finite.numel() >= 4096 and int(finite.sum()) < SPARSE_BELOW * finite.numel()
+
+
+def _pad(x: torch.Tensor, value: float) -> torch.Tensor:
+    extra = -x.numel() % PAD
+    return torch.cat([x, x.new_full((extra,), value)]) if extra else x
+
+
+def _rowwise_topk(rows, values, cols, R, k):
+    """Top-``k`` per row of the sparse entries ``(rows[i], cols[i], values[i])`` (row-major order):
+    ``(values [R, k], cols [R, k])``, ``-inf`` / ``0`` where a row has fewer entries; ties (measure
+    zero) as ``torch.topk`` on the dense row, whose column order the packing keeps."""
+    if R == 1:  # one row: the packed entries are the row
+        v = values if values.numel() >= k else torch.cat([values, values.new_full((k - values.numel(),), float("-inf"))])
+        c = cols if cols.numel() >= k else torch.cat([cols, cols.new_zeros(k - cols.numel())])
+        top = torch.topk(v, k, sorted=True)
+        return top.values[None], c[top.indices][None]
+    counts = torch.bincount(rows, minlength=R)
+    M = max(int(counts.max()) if R else 0, k)
+    start = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(rows.numel(), device=rows.device) - start[rows]
+    dense_v = values.new_full((R, M), float("-inf"))
+    dense_v[rows, pos] = values
+    dense_c = torch.zeros(R, M, dtype=torch.long, device=rows.device)
+    dense_c[rows, pos] = cols
+    top = torch.topk(dense_v, k, dim=-1, sorted=True)
+    return top.values, dense_c.gather(1, top.indices)
 
 
 def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None, offset=0):
@@ -34,6 +75,8 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     scaled = logits.to(dt) / (temperature if temperature > 0 else 1.0)
     logp = torch.log_softmax(scaled, dim=-1)
     finite = torch.isfinite(scaled)
+    if temperature > 0 and _sparse(finite):
+        return _sample_topk_sparse(scaled, logp, finite, k, kmax, gumbel, seed, offset)
     if temperature > 0:
         if gumbel is None:  # drawn only where it is read (finite logits)
             gumbel = _noise.gumbel_noise(seed, offset, R, V, device=logits.device, where=finite)
@@ -47,6 +90,24 @@ def sample_topk(logits, k, kmax: int, temperature: float, gumbel=None, seed=None
     keep = torch.arange(kmax, device=logits.device)[None, :] < num[:, None]
     tokens = torch.where(keep, top.indices, -1)
     lp = torch.where(keep, logp.gather(1, top.indices), float("-inf")).to(torch.float32)
+    return tokens, lp, num.to(torch.int32)
+
+
+def _sample_topk_sparse(scaled, logp, finite, k, kmax, gumbel, seed, offset):
+    """:func:`sample_topk` (temperature > 0) on the finite entries only (see the module docstring)."""
+    R, V = scaled.shape
+    lin = finite.reshape(-1).nonzero()[:, 0]
+    r, x = lin // V, lin % V
+    if gumbel is None:  # the stream where it is read, as the dense path draws it
+        noise = _noise.gumbel_at(seed, offset, r.cpu(), x.cpu()).to(scaled.device)
+    else:
+        noise = gumbel.reshape(-1)[lin]
+    score = scaled.reshape(-1)[lin] + noise.to(scaled.dtype)
+    values, cols = _rowwise_topk(r, score, x, R, kmax)
+    num = torch.minimum(k.long(), finite.sum(-1))
+    keep = torch.arange(kmax, device=scaled.device)[None, :] < num[:, None]
+    tokens = torch.where(keep, cols, -1)
+    lp = torch.where(keep, logp.gather(1, cols), float("-inf")).to(torch.float32)
     return tokens, lp, num.to(torch.int32)
 
 
@@ -90,6 +151,9 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
     descending; slots beyond the number of possible candidates hold ``-1`` / ``-inf``.
     """
     B, N, V = logits.shape
+    finite = torch.isfinite(logits)
+    if _sparse(finite):
+        return _beam_step_sparse(logits, phi, G, width, temperature, gumbel, seed, offset, finite)
     phi_c, Gc = beam_candidates(logits, phi, G, temperature, gumbel, seed, offset)
     top = torch.topk(Gc.reshape(B, N * V), width, dim=-1, sorted=True)
     ok = torch.isfinite(top.values)
@@ -97,3 +161,32 @@ def beam_step(logits, phi, G, width: int, temperature: float, gumbel=None, seed=
     token = torch.where(ok, top.indices % V, -1)
     phi_sel = torch.where(ok, phi_c.reshape(B, N * V).gather(1, top.indices), float("-inf"))
     return parent, token, phi_sel, top.values
+
+
+def _beam_step_sparse(logits, phi, G, width, temperature, gumbel, seed, offset, finite):
+    """:func:`beam_step` on the possible candidates only (see the module docstring): the same
+    ``phi_c``, noise, ``g``, per-beam maximum ``Z`` and truncated Gumbel at every possible
+    candidate as :func:`beam_candidates`, the same global top-``width``. ``finite`` = isfinite(logits)."""
+    B, N, V = logits.shape
+    dt = _compute_dtype(logits)
+    lq = torch.log_softmax(logits.to(dt) / temperature, dim=-1)  # finite exactly where the logits are
+    phi_d = phi.to(dt)
+    possible = finite & torch.isfinite(phi_d)[..., None]  # = isfinite(phi_c) of the dense path
+    lin = possible.reshape(-1).nonzero()[:, 0]  # (b, n, v) row-major
+    row = lin // V
+    if gumbel is None:  # the stream where it is read (GUMBEL row b * N + n, as gumbel_noise(where=possible))
+        noise = _noise.gumbel_at(seed, offset, row.cpu(), (lin % V).cpu()).to(logits.device)
+    else:
+        noise = gumbel.reshape(-1)[lin]
+    g = (phi_d.reshape(-1)[row] + lq.reshape(-1)[lin]) + noise.to(dt)
+    Z = torch.full((B * N,), float("-inf"), dtype=dt, device=logits.device).scatter_reduce(
+        0, row, g, "amax", include_self=True)
+    m = g.numel()
+    Gc = truncated_gumbel(_pad(G.to(dt).reshape(-1)[row], 0.0), _pad(g, -1.0), _pad(Z[row], 0.0))[:m]
+    values, flat = _rowwise_topk(row // N, Gc, lin % (N * V), B, width)
+    ok = torch.isfinite(values)
+    parent = torch.where(ok, flat // V, -1)
+    token = torch.where(ok, flat % V, -1)
+    phi_c = phi_d.gather(1, parent.clamp(min=0)) + lq.reshape(B, N * V).gather(1, flat)
+    phi_sel = torch.where(ok, phi_c, float("-inf"))
+    return parent, token, phi_sel, values

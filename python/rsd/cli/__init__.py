@@ -17,6 +17,7 @@ import sys
 
 SUBCOMMANDS = [
     ("rsd.cli.generate", ("generate",), "generate text with speculative decoding"),
+    ("rsd.cli.profile", ("profile",), "measure this machine's cost profile (method auto)"),
     ("rsd.eval.cli", ("eval", "plot"), "evaluation grid and the seed figure"),
     ("rsd.cli.train", ("train-draft", "train-eagle"), "train the embedded draft / the EAGLE-style draft"),
 ]

@@ -41,11 +41,13 @@ def add_parser(subparsers):
     p.add_argument("--prompts-file", default=None, metavar="PATH",
                    help="decode a batch: one prompt per line, or JSONL (a JSON string or an object with a "
                         "'prompt' field per line); prints each row and the per-row and total throughput")
-    p.add_argument("--method", choices=("ar",) + METHODS, default=None,
-                   help="decoding method (default rsd-s, or the method of an explicit tree flag)")
+    p.add_argument("--method", choices=("ar",) + METHODS + ("auto",), default=None,
+                   help="decoding method (default auto: before every block the tree -- or target-only decoding -- "
+                        "with the highest predicted tokens/s on this machine; or the method of an explicit tree flag)")
     p.add_argument("--budget", type=int, default=None,
                    help=f"draft tokens verified per target call (default {DEFAULT_BUDGET}); the method's default "
-                        "configuration for it is used unless a tree flag gives one")
+                        "configuration for it is used unless a tree flag gives one. With --method auto: the most "
+                        "draft tokens of the trees it weighs (default: the node cap of the cost profile)")
     for flag, (method, metavar) in CONFIG_FLAGS.items():
         p.add_argument(f"--{flag}", metavar=metavar, default=None, help=f"explicit {method} tree")
     p.add_argument("--target", default="embedded", help="'embedded' (SmolLM2-135M-Instruct GGUF), a Hugging Face "
@@ -94,14 +96,26 @@ def method_and_config(args):
         if method is not None and method != implied:
             raise ValueError(f"--{flag} is a {implied} tree but --method is {method}")
         return implied, text, args.budget
-    method = method or "rsd-s"
+    method = method or "auto"
     if method == "ar":
         return method, None, None
+    if method == "auto":
+        return method, None, args.budget
     return method, None, DEFAULT_BUDGET if args.budget is None else args.budget
 
 
+def auto_head(blocks) -> str:
+    """``auto [rsd-c 2,1 x12, sd 2 x5, target only x3]``: the trees method="auto" ran, most used first."""
+    from collections import Counter
+
+    n = Counter("target only" if b.choice is None or b.choice.config is None else str(b.choice.config)
+                for b in blocks)
+    return "auto [" + ", ".join(f"{c} x{k}" for c, k in n.most_common(4)) + (", ..." if len(n) > 4 else "") + "]"
+
+
 def summary_line(res, baseline) -> str:
-    head = "ar (target only)" if res.config is None else f"{res.config} (budget {res.config.budget})"
+    head = auto_head(res.blocks) if res.method == "auto" else (
+        "ar (target only)" if res.config is None else f"{res.config} (budget {res.config.budget})")
     parts = [head, f"{len(res.tokens)} tokens", f"block efficiency {res.block_efficiency:.2f}",
              f"{res.tokens_per_s:.1f} tok/s"]
     if baseline is not None:
@@ -167,9 +181,10 @@ def _run(args, method, cfg, texts, log) -> int:
         drf = load_draft(args.draft, tgt, dtype=args.draft_dtype or args.dtype, device=args.device, log=log)
         log(f"draft: {drf.label} | {args.device} {args.draft_dtype or args.dtype}")
     if texts is not None:
-        return run_batch(args, tgt, drf, texts, method, cfg)
+        return run_batch(args, tgt, drf, texts, method, cfg, budget)
     ids = prompt_ids(tgt.tokenizer, args.prompt, not args.no_chat_template)
     common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)
+    auto = _auto_args(method, budget, target_adapter, draft_adapter, log)
     # No warm-up run before the streamed one (it would delay the first token by a prefill and a block):
     # the first call's one-time costs (~0.1 s CPU) fall mostly in the prefill, which the rates exclude.
     stream = None  # --json stays quiet; else the text streams to stdout block by block
@@ -177,7 +192,7 @@ def _run(args, method, cfg, texts, log) -> int:
         stream = BlockPrinter(tgt.tokenizer, sys.stdout, color=use_color(sys.stdout, args.no_color))
         if stream.color and method != "ar":
             log(LEGEND)
-    res = generate(target_adapter, draft_adapter, ids, method, cfg, on_block=stream, **common)
+    res = generate(target_adapter, draft_adapter, ids, method, cfg, on_block=stream, **common, **auto)
     if stream is not None:
         stream.finish()
     baseline = None
@@ -198,6 +213,19 @@ def _run(args, method, cfg, texts, log) -> int:
     return 0
 
 
+def _auto_args(method, budget, target_adapter, draft_adapter, log, batch=None) -> dict:
+    """method="auto": its node cap and (one prompt) the cost profile, measured here at first use with a note."""
+    if method != "auto":
+        return {}
+    from ..engine.profile import cached_profile, load_or_measure
+
+    if batch is not None:  # the batched loop loads a profile per batch size itself
+        return {"budget": budget}
+    if cached_profile(target_adapter, draft_adapter) is None:
+        log("measuring this machine's cost profile for method auto (first use; cached for later runs)")
+    return {"budget": budget, "profile": load_or_measure(target_adapter, draft_adapter, log=log)}
+
+
 def _loop_setup(args, tgt, drf):
     """The generate() keyword arguments of the command line and both models' adapters (the draft's
     forwards take SDPA unless the eager path is asked for)."""
@@ -213,26 +241,28 @@ def _loop_setup(args, tgt, drf):
     return common, target_adapter, draft_adapter
 
 
-def run_batch(args, tgt, drf, texts, method, cfg) -> int:
+def run_batch(args, tgt, drf, texts, method, cfg, budget=None) -> int:
     """``--prompts-file``: one batched run (and the batched target-only baseline)."""
     from ..engine.generate import generate
     from ..engine.models import prompt_ids
 
     batch = [prompt_ids(tgt.tokenizer, t, not args.no_chat_template) for t in texts]
     common, target_adapter, draft_adapter = _loop_setup(args, tgt, drf)
+    auto = _auto_args(method, budget, target_adapter, draft_adapter, log=None, batch=len(batch))
     run_ar = not args.no_baseline and method != "ar"
     warm = dict(common, max_new_tokens=2)
-    generate(target_adapter, draft_adapter, [batch[0]], method, cfg, **warm)  # untimed warm-up
+    generate(target_adapter, draft_adapter, [batch[0]], method, cfg, **warm, **auto)  # untimed warm-up
     if run_ar and draft_adapter is not None:
         generate(target_adapter, None, [batch[0]], "ar", **warm)
     total = args.max_new_tokens * len(batch)
     res = _with_progress(lambda cb: generate(target_adapter, draft_adapter, [list(b) for b in batch], method, cfg,
-                                             progress=cb, **common), args, method, total)
+                                             progress=cb, **common, **auto), args, method, total)
     base = None
     if run_ar:
         base = _with_progress(lambda cb: generate(target_adapter, None, [list(b) for b in batch], "ar", progress=cb,
                                                   **common), args, "ar (baseline)", total)
-    head = "ar (target only)" if cfg is None else f"{cfg} (budget {cfg.budget})"
+    head = auto_head(res.blocks) if method == "auto" else (
+        "ar (target only)" if cfg is None else f"{cfg} (budget {cfg.budget})")
     total_line = (f"batch of {len(batch)} | {head} | {res.num_tokens} tokens in {res.decode_s:.2f} s | "
                   f"{res.tokens_per_s:.1f} tok/s total")
     if base is not None:

@@ -279,16 +279,24 @@ class ModelAdapter:
         return self.forward(tokens, pos, logits_to_keep=logits_to_keep, **extra)
 
     @torch.no_grad()
-    def forward_tree(self, tree: rsd_kernels.DraftTree) -> torch.Tensor:
+    def forward_tree(self, tree: rsd_kernels.DraftTree, rows: int | None = None) -> torch.Tensor:
         """Verification forward over root + tree nodes: logits ``[1, T, V]``.
 
         The tree's keys are written at ``length .. length + T - 1``; positions are
         ``length + depth``; node i sees the prefix and its ancestors-or-self
         (``tree.dense_mask``, or ``tree.ancestor_bitmask`` on the ``"rsd"`` path).
+
+        ``rows`` > T **pads** the forward to that many rows (:func:`pad_tree`: a cheaper GEMM
+        shape on some machines, see :mod:`rsd.engine.profile`): the extra rows see the prefix and
+        themselves, no node sees them, their keys lie after the tree's (dropped by the next
+        compaction) and their logits are not returned.
         """
         if tree.batch_size != 1:
             raise ValueError(f"the adapter runs batch size 1, got a tree with {tree.batch_size} rows")
-        prefix, T = self.length, tree.max_nodes
+        T = tree.max_nodes
+        if rows is not None and rows > T:
+            return self.forward_tree(pad_tree(tree, rows))[:, :T]
+        prefix = self.length
         pos = tree.position_ids(prefix).to(self.device)
         if self.attention == "rsd":
             self._check_room(int(pos.max()))
@@ -298,3 +306,16 @@ class ModelAdapter:
                              rsd_backend=self.kernel_backend)
         allowed = tree_key_mask(tree.dense_mask, prefix, prefix + T)
         return self.forward(tree.tokens, pos, allowed)
+
+
+def pad_tree(tree: rsd_kernels.DraftTree, rows: int) -> rsd_kernels.DraftTree:
+    """``tree`` with ``rows - T`` padding nodes appended to every row (``num_nodes`` unchanged):
+    root tokens, no parent, depth 0; a padding node attends to the prefix and itself only and no
+    node attends to it, so the real rows' outputs are those of the unpadded forward."""
+    B, T = tree.tokens.shape
+    extra = rows - T
+    if extra <= 0:
+        return tree
+    tok = torch.cat([tree.tokens, tree.tokens[:, :1].expand(B, extra)], 1)
+    par = torch.cat([tree.parents, torch.full((B, extra), -1, dtype=tree.parents.dtype, device=tree.device)], 1)
+    return rsd_kernels.DraftTree(tok, par, tree.num_nodes)

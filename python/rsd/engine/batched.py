@@ -19,13 +19,20 @@ their keys lie beyond the row's length and are overwritten later). The cache is 
 unwritten slots are finite.
 
 Randomness: the Philox streams of :mod:`rsd_kernels.noise`, keyed by ``seed`` and the row's
-**index in the current batch** (the ops key noise by row): block k draws level l at offset
-``k * L + l`` and verifies at offset ``k``, exactly as single-prompt decoding. So a batch of one
+**index in the current batch** (the ops key noise by row): block k verifies at offset ``k`` and
+draws its levels at the next offsets of a running counter (``k * L + l`` for a fixed tree of
+depth L), exactly as single-prompt decoding. So a batch of one
 prompt reproduces single-prompt decoding with the same seed, row 0 of any batch uses row 0's
 streams while it is row 0, and rows of one batch draw from disjoint counters (independent
 rows); after a row leaves, the rows behind it move up one index (fresh counters: every
 block uses a new offset). Each row's output is distributed exactly as the target's; greedy
 decoding returns each row's greedy tokens.
+
+``method="auto"``: one :class:`~rsd.engine.selector.Selector` chooses the tree (one for all rows)
+or a target-only step before every block, from the cost profile of the current batch size
+(profiles are measured at powers of two: a batch of 5 uses the profile of 8) and the acceptance
+of every row; a target-only step keeps each row's draft cache invariant as in
+:mod:`rsd.engine.loop`.
 """
 from __future__ import annotations
 
@@ -37,9 +44,10 @@ import torch
 
 import rsd_kernels
 
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, pad_tree
+from .configs import resolve_verifier
 from .loop import Decoder, _prompt_tensor, split_draft_path, tree_slots
-from .results import BlockStats, GenerationResult, Timed, check_max_new_tokens, cut_new_tokens, eos_set
+from .results import BlockStats, GenerationResult, Timed, block_choices, check_max_new_tokens, cut_new_tokens, eos_set
 from .kvcache import BatchKVBuffer
 
 
@@ -76,9 +84,12 @@ class BatchGenerationResult(Timed):
         return sum(len(r.tokens) for r in self.rows)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "batch": len(self.rows), "num_tokens": self.num_tokens,
-                "tokens_per_s": self.tokens_per_s, "prefill_s": self.prefill_s, "decode_s": self.decode_s,
-                "blocks": len(self.blocks), "rows": [r.to_dict() for r in self.rows]}
+        out = {"method": self.method, "batch": len(self.rows), "num_tokens": self.num_tokens,
+               "tokens_per_s": self.tokens_per_s, "prefill_s": self.prefill_s, "decode_s": self.decode_s,
+               "blocks": len(self.blocks), "rows": [r.to_dict() for r in self.rows]}
+        if any(b.choice is not None for b in self.blocks):
+            out["choices"] = block_choices(self.blocks)
+        return out
 
 
 def is_batch(prompts) -> bool:
@@ -157,8 +168,15 @@ class _BatchDraftLevels:
         self.slot_node = torch.full((B, max_nodes), -1, dtype=torch.long, device=dev)  # tree slot -> node
         self.root_slot = None  # [B]
         self.seen_ok = None
+        self.forward_s = 0.0  # seconds in the draft's level calls (the selector's cost model)
 
     def __call__(self, level, nodes, tokens, parents):
+        t0 = time.perf_counter()
+        out = self._call(level, nodes, tokens, parents)
+        self.forward_s += time.perf_counter() - t0
+        return out
+
+    def _call(self, level, nodes, tokens, parents):
         drf, dev, B = self.drf, self.drf.device, self.B
         lens = drf._lens()
         if level == 0:
@@ -268,6 +286,9 @@ class BatchDecoder:
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, **kw):
         self.dec = Decoder(target, draft, method, config, budget, **kw)
+        self.selector = self.dec.selector
+        self.noise_offset = 0
+        self.last_choice = None
         self.eagle = self.dec.eagle
         self.method, self.config, self.seed = method, self.dec.config, self.dec.seed
         self.samp, self.backend = self.dec.samp, self.dec.backend
@@ -297,7 +318,8 @@ class BatchDecoder:
                                  f"(max_position_embeddings): no {self.method} block fits after it")
         t0 = time.perf_counter()
         B = len(ids)
-        room = max(t.numel() for t in ids) + 256 + (0 if self.config is None else self.config.budget + 1)
+        room = max(t.numel() for t in ids) + 256 + (0 if self.config is None else self.config.budget + 1) + (
+            80 if self.dec.auto else 0)
         self.target = BatchModel(tgt_ad, B, room)
         self.draft = None if self.dec.draft is None else BatchModel(self.dec.draft, B, room)
         c = [t.numel() - 1 for t in ids]
@@ -329,7 +351,7 @@ class BatchDecoder:
                           for b in range(B)]
         self.roots = [int(t[-1]) for t in ids]
         self.pending = [[] for _ in ids]
-        self.block = 0
+        self.block = self.noise_offset = 0
         return time.perf_counter() - t0
 
     def fits(self) -> list[bool]:
@@ -350,11 +372,11 @@ class BatchDecoder:
         """A copy of the whole state (tests: many single blocks from one prefill)."""
         caches = [None if m is None else (None if m.cache.kv is None else m.cache.kv.clone(), list(m.cache.lengths))
                   for m in (self.target, self.draft)]
-        return caches, list(self.roots), [list(p) for p in self.pending], self.block, self.feats
+        return caches, list(self.roots), [list(p) for p in self.pending], self.block, self.feats, self.noise_offset
 
     def restore(self, snap, *, seed=None):
         """Go back to ``snap`` (the same rows); optionally with a new ``seed``."""
-        caches, roots, pending, block, feats = snap
+        caches, roots, pending, block, feats, self.noise_offset = snap
         self.feats = None if feats is None else list(feats)
         for m, c in zip((self.target, self.draft), caches):
             if m is not None:
@@ -371,14 +393,41 @@ class BatchDecoder:
             noise.check_seed(seed, 0)
             self.seed = seed
 
+    def max_tree_depth(self) -> int:
+        ctx = self.target.max_positions
+        return 10**9 if ctx is None else ctx - max(self.target.lengths) - 1
+
     def step(self):
         """One batched block: ``(tokens per row, accepted per row, draft calls, (draft_s, target_s,
-        verify_s, cache_s, other_s))``."""
-        if self.config is None:
+        verify_s, cache_s, other_s))``; ``method="auto"``: :attr:`last_choice` is the block's choice."""
+        cfg, rows, choice = self.config, None, None
+        t0 = time.perf_counter()
+        if self.dec.auto:
+            ctx, pending = max(self.target.lengths), max(len(p) for p in self.pending)
+            choice = self.selector.choose(ctx, pending, self.max_tree_depth())
+            cfg, rows = choice.config, choice.rows
+        t_choose = time.perf_counter() - t0
+        if cfg is None:
             out = self._ar_step()
+            self.noise_offset += 1
+            verified, fwd = None, 0.0
         else:
-            out = self._sd_block()
+            out, (tree, paths, fwd) = self._sd_block(cfg, rows)
+            self.noise_offset += cfg.depth
+            verified = None
+            if self.dec.auto:
+                tt, pp, nn = tree.tokens.tolist(), tree.parents.tolist(), tree.num_nodes.tolist()
+                verified = [(tt[b], pp[b], nn[b], paths[b]) for b in range(len(paths))]
         self.block += 1
+        self.last_choice = choice
+        if self.dec.auto:
+            t1 = time.perf_counter()
+            new, acc, dcalls, times = out
+            stats = BlockStats(sum(acc), sum(len(t) for t in new), dcalls, 1, *times)
+            self.selector.record(choice, stats, ctx=ctx, pending=pending, draft_forward_s=fwd, verified=verified,
+                                 tokens=stats.emitted)
+            times = times[:4] + (times[4] + t_choose + time.perf_counter() - t1,)
+            out = (new, acc, dcalls, times)
         return out
 
     def _ar_step(self):
@@ -396,42 +445,58 @@ class BatchDecoder:
         if self.samp["temperature"] == 0:
             nxt = logits.argmax(-1).tolist()
         else:
-            s = rsd_kernels.sample_without_replacement(logits, 1, **self.samp, seed=self.seed, offset=self.block,
-                                                       validate=False)
+            s = rsd_kernels.sample_without_replacement(logits, 1, **self.samp, seed=self.seed,
+                                                       offset=self.noise_offset, validate=False)
             nxt = s.tokens[:, 0].tolist()
-        self.roots = [int(t) for t in nxt]
         t2 = time.perf_counter()
-        return [[t] for t in self.roots], [0] * B, 0, (0.0, t1 - t0, t2 - t1, 0.0, 0.0)
+        if self.dec.auto:  # the draft catches up in the next speculative block (see rsd.engine.loop)
+            if self.feats is not None:
+                F = tgt.ad.features[:, -1]
+                self.feats = [torch.cat([f, F[b:b + 1].to(f.dtype)], 0) for b, f in enumerate(self.feats)]
+            for b in range(B):
+                self.pending[b].append(self.roots[b])
+        self.roots = [int(t) for t in nxt]
+        t3 = time.perf_counter()
+        return [[t] for t in self.roots], [0] * B, 0, (0.0, t1 - t0, t2 - t1, 0.0, t3 - t2)
 
-    def _sd_block(self):
-        tgt, drf, cfg, samp = self.target, self.draft, self.config, self.samp
+    def _sd_block(self, cfg, rows=None):
+        """One batched block of tree ``cfg`` (verification padded to ``rows`` per row); returns the
+        :meth:`step` tuple and ``(tree, paths, seconds of the draft forwards)``."""
+        tgt, drf, samp = self.target, self.draft, self.samp
         dev = tgt.device
         B = self.batch
+        _, mode, merge = resolve_verifier(cfg, self.dec.verifier)  # "auto": the verifier of this block's tree
         t0 = time.perf_counter()
         levels = (_BatchEagleLevels(drf, self.pending, self.feats, cfg.budget + 1) if self.eagle
                   else _BatchDraftLevels(drf, self.pending, cfg.budget + 1))
         root = torch.tensor(self.roots, dtype=torch.long, device=dev)
-        drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.block * cfg.depth,
+        drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=self.seed, offset=self.noise_offset,
                                          backend=self.backend, draft_logits=samp["temperature"] > 0,
-                                         validate=False, merge=self.dec.merge)
+                                         validate=False, merge=merge)
         tree = drafted.tree
         T = tree.max_nodes
-        anc, depth = tree.dense_mask, tree.depth.long()
         t1 = time.perf_counter()
+        fwd_tree = pad_tree(tree, rows) if rows is not None and rows > T else tree  # padded rows: see pad_tree
+        n = fwd_tree.max_nodes
+        anc, depth = fwd_tree.dense_mask, fwd_tree.depth.long()
         prefix = tgt._lens()
         pos = prefix[:, None] + depth.to(dev)
-        ws = prefix[:, None] + torch.arange(T, device=dev)[None, :]
+        ws = prefix[:, None] + torch.arange(n, device=dev)[None, :]
         if tgt.ad.attention == "rsd":
-            logits = tgt.run(tree.tokens, pos, ws, None, [T] * B, rsd_tree_bits=tree.ancestor_bitmask,
+            logits = tgt.run(fwd_tree.tokens, pos, ws, None, [n] * B, rsd_tree_bits=fwd_tree.ancestor_bitmask,
                              rsd_prefix_lens=prefix, rsd_backend=self.backend)
         else:
-            allowed = _mask(prefix, prefix, anc.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev),
+            allowed = _mask(prefix, prefix, anc.to(dev), torch.ones(B, n, dtype=torch.bool, device=dev),
                             int(ws.max()) + 1)
-            logits = tgt.run(tree.tokens, pos, ws, allowed, [T] * B)
+            logits = tgt.run(fwd_tree.tokens, pos, ws, allowed, [n] * B)
+        if n > T:
+            logits = logits[:, :T]
         t2 = time.perf_counter()
         greedy = samp["temperature"] == 0
-        res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode="greedy" if greedy else self.dec.mode,
+        res = rsd_kernels.verify_tree(logits, drafted.draft_logits, tree, mode="greedy" if greedy else mode,
                                       **samp, seed=self.seed, offset=self.block, backend=self.backend, validate=False)
+        if self.eagle and n > T:
+            tgt.ad.features = tgt.ad.features[:, :T]
         paths = [[int(i) for i in row if i >= 0] for row in res.path.tolist()]
         nxt = res.next_token.tolist()
         t3 = time.perf_counter()
@@ -460,13 +525,15 @@ class BatchDecoder:
             out.append(accepted + [int(nxt[b])])
             acc.append(len(accepted))
         t5 = time.perf_counter()
-        return out, acc, drafted.draft_calls, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+        return (out, acc, drafted.draft_calls, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)), (tree, paths,
+                                                                                               levels.forward_s)
 
 
 def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, budget: int | None = None, *,
                    temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                    max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-                   backend: str = "auto", progress=None, verifier: str | None = None) -> BatchGenerationResult:
+                   backend: str = "auto", progress=None, verifier: str | None = None, profile=None,
+                   selector=None) -> BatchGenerationResult:
     """:func:`rsd.generate` on a batch of prompts (a list of token lists, or a 2-D tensor): one tree
     per row per block, batched forwards, ragged acceptance; arguments as in :func:`rsd.generate`
     (``progress(num_new_tokens)`` gets the block's total over all rows)."""
@@ -478,7 +545,8 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
     if not prompts:
         raise ValueError("prompts is empty: at least one prompt is needed")
     dec = BatchDecoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
-                       seed=seed, attention=attention, backend=backend, verifier=verifier)
+                       seed=seed, attention=attention, backend=backend, verifier=verifier, profile=profile,
+                       selector=selector, batch=len(prompts))
     check_max_new_tokens(max_new_tokens)
     eos = eos_set(eos_token_id)
     rows = [GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.dec.verifier if dec.config else None)
@@ -500,6 +568,8 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
             if not active:
                 break
         out.batch_sizes.append(len(active))
+        if dec.selector is not None and hasattr(dec.selector, "set_batch"):
+            dec.selector.set_batch(len(active))  # (outside the block's timing: may load a profile)
         new, acc, dcalls, times = dec.step()
         keep, total = [], 0
         for j, i in enumerate(active):
@@ -512,7 +582,7 @@ def generate_batch(target, draft, prompts, method: str = "rsd-s", config=None, b
                 r.stop_reason = stop
             elif len(r.tokens) < max_new_tokens:
                 keep.append(j)
-        out.blocks.append(BlockStats(sum(acc), total, dcalls, 1, *times))
+        out.blocks.append(BlockStats(sum(acc), total, dcalls, 1, *times, choice=dec.last_choice))
         if progress is not None:
             progress(total)
         if len(keep) < len(active):

@@ -1,11 +1,15 @@
 """Which tree a method uses and how it is verified: the methods the loop runs, :func:`resolve_config`
 (an explicit configuration, or the method's documented default for a budget) and
-:func:`resolve_verifier` (the verifier, the ``verify_tree`` mode and whether SpecTr's chains are merged)."""
+:func:`resolve_verifier` (the verifier, the ``verify_tree`` mode and whether SpecTr's chains are merged).
+``"auto"`` has no fixed tree: :mod:`rsd.engine.selector` chooses one (or target-only decoding) before
+every block."""
 from __future__ import annotations
 
 from rsd_kernels.methods import METHODS, VERIFIERS, TreeConfig, default_config, parse_config, verify_mode
 
-ALL_METHODS = ("ar",) + METHODS
+ALL_METHODS = ("ar",) + METHODS  # the fixed methods
+AUTO = "auto"
+LOOP_METHODS = ALL_METHODS + (AUTO,)
 DEFAULT_VERIFIER = "rrs"
 
 
@@ -55,11 +59,20 @@ def resolve_config(method: str, config=None, budget=None) -> TreeConfig | None:
     """The tree configuration of ``method``: ``config`` (a :class:`TreeConfig` or text such as
     ``"3x2"`` / ``"2,2,1"``), else :func:`rsd_kernels.default_config` for ``budget``.
 
+    ``"auto"`` returns None (its trees are chosen per block; ``budget`` then caps their draft nodes).
+
     Raises ``ValueError`` for an unknown method, a missing budget, a config whose budget
     differs from the one given, or a budget above :data:`MAX_BUDGET`.
     """
-    if method not in ALL_METHODS:
-        raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
+    if method not in LOOP_METHODS:
+        raise ValueError(f"method must be one of {LOOP_METHODS}, got {method!r}")
+    if method == AUTO:
+        if config is not None:
+            raise ValueError("method 'auto' chooses its trees itself: it takes no tree config (a budget caps them)")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"budget must be a positive int (the node cap of 'auto'), got {budget!r}")
+        check_budget(budget)
+        return None
     if method == "ar":
         if config is not None:
             raise ValueError("method 'ar' (target only) takes no tree config")

@@ -11,16 +11,21 @@ from .results import GenerationResult, check_max_new_tokens, cut_new_tokens, eos
 def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budget: int | None = None, *,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              max_new_tokens: int = 64, seed: int | None = None, eos_token_id=None, attention: str = "sdpa",
-             backend: str = "auto", progress=None, verifier: str | None = None,
-             on_block=None) -> GenerationResult:
+             backend: str = "auto", progress=None, verifier: str | None = None, on_block=None, profile=None,
+             selector=None) -> GenerationResult:
     """Generate up to ``max_new_tokens`` tokens after ``prompt_ids`` with ``method``.
 
     Args:
         target, draft: ``transformers`` causal LMs (or :class:`ModelAdapter` s) sharing one
             vocabulary; ``draft`` may be ``None`` for ``method="ar"``.
         prompt_ids: 1-D token ids (list or tensor).
-        method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``.
-        config, budget: the tree (see :func:`resolve_config`).
+        method: ``"ar"`` (target only), ``"sd"``, ``"spectr"``, ``"rsd-c"``, ``"rsd-s"``, or
+            ``"auto"``: before every block the tree (or target-only decoding) with the highest
+            predicted tokens per second on this machine (:mod:`rsd.engine.selector`); the output
+            distribution is still exactly the target's (its trees follow measured times, so two
+            sampled runs with one seed may differ; greedy output is the target's).
+        config, budget: the tree (see :func:`resolve_config`); for ``"auto"`` ``budget`` caps the
+            draft nodes of the trees it weighs.
         temperature, top_k, top_p: sampling warps, shared by draft and target; temperature 0
             is greedy decoding and returns exactly the target's greedy tokens.
         seed: Philox seed (``None``: drawn from torch's global generator).
@@ -38,6 +43,11 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
             single prompt (streaming) with the tokens it committed (cut at EOS / ``max_new_tokens``):
             the first ``num_accepted`` are draft tokens the target accepted, the rest (at most one)
             the token the target supplied (correction or bonus; every token of ``ar``).
+        profile: ``"auto"``: the :class:`~rsd.engine.profile.CostProfile` to use (default: the
+            cached one of this setting, measured at first use -- seconds -- and kept in the user
+            cache folder).
+        selector: ``"auto"``: a ready :class:`~rsd.engine.selector.Selector` (or any object with
+            its ``choose``/``record`` methods) instead of a new one.
 
     Raises ``ValueError`` for an unknown method, a config that does not match the budget,
     target and draft vocabularies that differ, or a prompt that leaves no room in the context.
@@ -52,9 +62,10 @@ def generate(target, draft, prompt_ids, method: str = "rsd-s", config=None, budg
         return generate_batch(target, draft, prompt_ids, method, config, budget, temperature=temperature,
                               top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                               eos_token_id=eos_token_id, attention=attention, backend=backend, progress=progress,
-                              verifier=verifier)
+                              verifier=verifier, profile=profile, selector=selector)
     dec = Decoder(target, draft, method, config, budget, temperature=temperature, top_k=top_k, top_p=top_p,
-                  seed=seed, attention=attention, backend=backend, verifier=verifier)
+                  seed=seed, attention=attention, backend=backend, verifier=verifier, profile=profile,
+                  selector=selector)
     check_max_new_tokens(max_new_tokens)
     eos = eos_set(eos_token_id)
     result = GenerationResult([], method, dec.config, seed=dec.seed, verifier=dec.verifier if dec.config else None)

@@ -25,9 +25,19 @@ processed (the leaves of the last level) are fed, with the root, in the next blo
 draft forward, so the number of draft calls per block stays the tree depth L.
 
 Randomness: every draw comes from the Philox streams of :mod:`rsd_kernels.noise` keyed by
-``seed`` (drawn from torch's global generator when ``seed=None``); block b samples level l of
-its tree at offset ``b * L + l`` (stream GUMBEL) and verifies at offset ``b`` (streams
-ACCEPT/RESIDUAL), so a run is reproducible from its seed.
+``seed`` (drawn from torch's global generator when ``seed=None``). Block b verifies at offset
+``b`` (streams ACCEPT/RESIDUAL); its tree levels sample the GUMBEL stream at the offsets of a
+running counter of sampled levels (``noise_offset``: each tree level, and each target-only step,
+takes the next one). With a fixed tree of depth L that is offset ``b * L + l`` for level l (and
+``b`` for the steps of ``ar``); when the tree changes between blocks (``method="auto"``) no
+offset is ever used twice. A run is reproducible from its seed.
+
+``method="auto"`` (:mod:`rsd.engine.selector`): before every block a :class:`Selector` chooses
+target-only decoding or a tree (with the verification's padded row count) from the measured
+cost profile and the acceptance seen so far; after the block it learns from it. A target-only
+step keeps the draft's cache invariant: the committed token joins ``pending`` (and, for an EAGLE
+draft, the target's feature at it joins ``feats``), so the next speculative block feeds the
+draft what it missed in its level-0 chain.
 """
 from __future__ import annotations
 
@@ -40,7 +50,7 @@ import rsd_kernels
 from rsd_kernels import checks, noise
 
 from .adapter import ModelAdapter
-from .configs import resolve_config, resolve_verifier
+from .configs import AUTO, resolve_config, resolve_verifier
 from .results import BlockStats
 
 
@@ -73,7 +83,9 @@ class Decoder:
     """
 
     def __init__(self, target, draft, method="rsd-s", config=None, budget=None, *, temperature=0.0, top_k=None,
-                 top_p=None, seed=None, attention="sdpa", backend="auto", verifier=None):
+                 top_p=None, seed=None, attention="sdpa", backend="auto", verifier=None, selector=None,
+                 profile=None, batch: int = 1):
+        self.auto = method == AUTO
         self.config = resolve_config(method, config, budget)
         self.verifier, self.mode, self.merge = resolve_verifier(self.config, verifier)
         self.method = method
@@ -105,10 +117,25 @@ class Decoder:
             self.draft.enable_features()
         self.state = None
         self.block = 0
+        self.noise_offset = 0  # running GUMBEL offset (see the module docstring)
+        self.selector = None
+        if self.auto:
+            from .selector import make_selector
+
+            if self.draft is None:
+                raise ValueError("method 'auto' needs a draft model")
+            self.selector = selector if selector is not None else make_selector(
+                self.target, self.draft, temperature=self.temperature, batch=batch, profile=profile,
+                node_cap=budget, seed=seed)
 
     @property
     def depth(self) -> int:
         return 1 if self.config is None else self.config.depth
+
+    def max_tree_depth(self) -> int:
+        """The deepest tree the target's context still fits after the current prefix."""
+        ctx = self.target.max_positions
+        return 10**9 if ctx is None else ctx - self.target.length - 1
 
     def prefill(self, prompt_ids) -> float:
         """Reset both caches and process the prompt (all but its last token, the first root)."""
@@ -122,10 +149,10 @@ class Decoder:
             raise ValueError(f"the prompt has {ids.numel()} tokens but the target's context is {ctx} tokens "
                              f"(max_position_embeddings): no {self.method} block fits after it")
         t0 = time.perf_counter()
-        room = ids.numel() + 256 + (0 if self.config is None else self.config.budget + 1)
+        room = ids.numel() + 256 + (0 if self.config is None else self.config.budget + 1) + (80 if self.auto else 0)
         if self.eagle:
             self.state = _eagle_prefill(tgt, self.draft, ids, room)
-            self.block = 0
+            self.block = self.noise_offset = 0
             return time.perf_counter() - t0
         for m in (tgt, self.draft):
             if m is not None:
@@ -133,7 +160,7 @@ class Decoder:
                 if ids.numel() > 1:
                     m.forward_chain(ids[None, :-1], logits_to_keep=1)
         self.state = _LoopState(root=int(ids[-1]), pending=[])
-        self.block = 0
+        self.block = self.noise_offset = 0
         return time.perf_counter() - t0
 
     def fits(self) -> bool:
@@ -145,13 +172,33 @@ class Decoder:
         """One block (``ar``: one target step): returns (committed tokens, :class:`BlockStats`)."""
         if self.state is None:
             raise RuntimeError("call prefill(prompt_ids) before step()")
-        if self.config is None:
-            out = _ar_step(self.target, self.state, self.samp, self.seed, self.block)
+        cfg, rows, choice = self.config, None, None
+        t0 = time.perf_counter()
+        if self.auto:
+            ctx, pending = self.target.length, len(self.state.pending)
+            choice = self.selector.choose(ctx, pending, self.max_tree_depth())
+            cfg, rows = choice.config, choice.rows
+        t_choose = time.perf_counter() - t0
+        if cfg is None:
+            tokens, stats = _ar_step(self.target, self.state, self.samp, self.seed, self.noise_offset,
+                                     self.draft if self.auto else None)
+            self.noise_offset += 1
+            verified, fwd = None, 0.0
         else:
-            out = _sd_block(self.target, self.draft, self.config, self.state, self.samp, self.seed, self.block,
-                            self.backend, self.mode, self.merge)
+            _, mode, merge = resolve_verifier(cfg, self.verifier)  # "auto": the verifier of this block's tree
+            tokens, stats, (tree, path, fwd) = _sd_block(
+                self.target, self.draft, cfg, self.state, self.samp, self.seed, self.noise_offset, self.block,
+                self.backend, mode, merge, rows)
+            self.noise_offset += cfg.depth
+            verified = [(tree.tokens[0].tolist(), tree.parents[0].tolist(), int(tree.num_nodes[0]), path)
+                        ] if self.auto else None
         self.block += 1
-        return out
+        if self.auto:
+            t1 = time.perf_counter()
+            self.selector.record(choice, stats, ctx=ctx, pending=pending, draft_forward_s=fwd, verified=verified)
+            stats.other_s += t_choose + time.perf_counter() - t1
+            stats.choice = choice
+        return tokens, stats
 
     def propose(self):
         """Steps 1-2 of the next block, committing nothing: ``(drafted, target_logits)``, the tree
@@ -159,10 +206,10 @@ class Decoder:
         and the target's logits ``[1, T, V]`` at its nodes. Both caches are cut back to their
         lengths before, so :meth:`step` then runs the same block (same noise)."""
         if self.state is None or self.config is None:
-            raise RuntimeError("propose() needs a speculative method and a prefill(prompt_ids) first")
+            raise RuntimeError("propose() needs a fixed speculative method (not ar or auto) and a prefill(prompt_ids) first")
         lengths = self.target.length, self.draft.length
-        drafted, _ = _draft_tree(self.draft, self.config, self.state, self.samp, self.seed, self.block, self.backend,
-                                 self.merge, self.target.device)
+        drafted, _ = _draft_tree(self.draft, self.config, self.state, self.samp, self.seed, self.noise_offset,
+                                 self.backend, self.merge, self.target.device)
         try:
             target_logits = self.target.forward_tree(drafted.tree)
         finally:
@@ -172,15 +219,17 @@ class Decoder:
 
     def snapshot(self):
         return (self.target.snapshot(), None if self.draft is None else self.draft.snapshot(),
-                _LoopState(self.state.root, list(self.state.pending), self.state.feats), self.block)
+                _LoopState(self.state.root, list(self.state.pending), self.state.feats), self.block,
+                self.noise_offset)
 
     def restore(self, snap, *, seed=None):
         """Go back to ``snap``; optionally with a new ``seed`` (repeated runs of one block)."""
-        t, d, st, block = snap
+        t, d, st, block, offset = snap
         self.target.restore(t)
         if d is not None:
             self.draft.restore(d)
         self.state, self.block = _LoopState(st.root, list(st.pending), st.feats), block
+        self.noise_offset = offset
         if seed is not None:
             noise.check_seed(seed, 0)
             self.seed = seed
@@ -218,36 +267,45 @@ class _LoopState:
     feats: torch.Tensor | None = None
 
 
-def _ar_step(tgt, state, samp, seed, block):
+def _ar_step(tgt, state, samp, seed, offset, drf=None):
+    """One target-only step (sampling at GUMBEL ``offset``). With a draft (``method="auto"``) the
+    committed root joins ``state.pending`` (and its target feature ``state.feats``, EAGLE), so the
+    draft catches up in the next speculative block."""
     t0 = time.perf_counter()
     logits = tgt.forward_chain(torch.tensor([[state.root]], device=tgt.device), logits_to_keep=1)[:, -1]
     t1 = time.perf_counter()
     if samp["temperature"] == 0:
         nxt = int(logits[0].argmax())
     else:
-        s = rsd_kernels.sample_without_replacement(logits, 1, **samp, seed=seed, offset=block, validate=False)
+        s = rsd_kernels.sample_without_replacement(logits, 1, **samp, seed=seed, offset=offset, validate=False)
         nxt = int(s.tokens[0, 0])
-    state.root = nxt
     t2 = time.perf_counter()
-    return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, t2 - t1)
+    if drf is not None:
+        if state.feats is not None:
+            state.feats = torch.cat([state.feats, tgt.features[0, -1:].to(state.feats.dtype)], 0)
+        state.pending.append(state.root)
+    state.root = nxt
+    t3 = time.perf_counter()
+    return [nxt], BlockStats(0, 1, 0, 1, 0.0, t1 - t0, t2 - t1, 0.0, t3 - t2)
 
 
-def _verify(target_logits, drafted, mode, samp, seed, block, backend):
+def _verify(target_logits, drafted, mode, samp, seed, offset, backend):
     """The accepted path (tree node indices from the root) and the next token."""
     greedy = samp["temperature"] == 0
     res = rsd_kernels.verify_tree(target_logits, drafted.draft_logits, drafted.tree,
-                                  mode="greedy" if greedy else mode, **samp, seed=seed, offset=block,
+                                  mode="greedy" if greedy else mode, **samp, seed=seed, offset=offset,
                                   backend=backend, validate=False)
     return [int(i) for i in res.path[0].tolist() if i >= 0], int(res.next_token[0])
 
 
-def _draft_tree(drf, cfg, state, samp, seed, block, backend, merge, device):
-    """Step 1 of a block: ``(drafted, levels)``, the tree (merged when ``merge``) and its draft_fn."""
+def _draft_tree(drf, cfg, state, samp, seed, level_offset, backend, merge, device):
+    """Step 1 of a block: ``(drafted, levels)``, the tree (merged when ``merge``; level l sampled at
+    GUMBEL offset ``level_offset + l``) and its draft_fn."""
     eagle = state.feats is not None
     levels = (_EagleLevels(drf, state.pending, state.feats, cfg.budget + 1) if eagle
               else _DraftLevels(drf, state.pending, cfg.budget + 1))
     root = torch.tensor([state.root], dtype=torch.long, device=device)
-    drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=block * cfg.depth, backend=backend,
+    drafted = rsd_kernels.build_tree(cfg, root, levels, **samp, seed=seed, offset=level_offset, backend=backend,
                                      draft_logits=samp["temperature"] > 0, validate=False, merge=merge)
     return drafted, levels
 
@@ -263,18 +321,22 @@ def tree_slots(levels_slots, seen_ok, drafted, row=0) -> list[int]:
     return [built[s] if s >= 0 else -1 for s in drafted.source[row].tolist()]
 
 
-def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend, mode, merge):
-    """One block; updates both caches and ``state``; returns the committed tokens. An EAGLE draft
-    (``state.feats`` set) reads features; see the comment above :func:`_eagle_prefill`."""
+def _sd_block(tgt, drf, cfg, state, samp, seed, level_offset, verify_offset, backend, mode, merge, rows=None):
+    """One block; updates both caches and ``state``. Returns the committed tokens, the
+    :class:`BlockStats` and ``(tree, accepted path, seconds of the draft forwards)``. Tree level l
+    samples at GUMBEL offset ``level_offset + l``, verification (``verify_tree`` ``mode``; SpecTr's
+    chains merged when ``merge``) uses ``verify_offset``; ``rows`` pads the verification forward
+    (:meth:`ModelAdapter.forward_tree`). An EAGLE draft (``state.feats`` set) reads features; see
+    the comment above :func:`_eagle_prefill`."""
     t0 = time.perf_counter()
     eagle = state.feats is not None
-    drafted, levels = _draft_tree(drf, cfg, state, samp, seed, block, backend, merge, tgt.device)
+    drafted, levels = _draft_tree(drf, cfg, state, samp, seed, level_offset, backend, merge, tgt.device)
     tree = drafted.tree
     t1 = time.perf_counter()
     prefix = tgt.length
-    target_logits = tgt.forward_tree(tree)
+    target_logits = tgt.forward_tree(tree, rows=rows)
     t2 = time.perf_counter()
-    path, nxt = _verify(target_logits, drafted, mode, samp, seed, block, backend)
+    path, nxt = _verify(target_logits, drafted, mode, samp, seed, verify_offset, backend)
     t3 = time.perf_counter()
     # compaction: the target keeps prefix + path (the root included); the draft what it has of the path
     tgt.keep_path(prefix, path)
@@ -291,7 +353,7 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, block, backend, mode, merge):
     state.pending, state.root = [toks[i] for i in pending], nxt
     t5 = time.perf_counter()
     return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2,
-                                        t4 - t3, t5 - t4)
+                                        t4 - t3, t5 - t4), (tree, path, levels.forward_s)
 
 
 def is_eagle(model) -> bool:
@@ -321,8 +383,15 @@ class _DraftLevels:
         self.fed: list[torch.Tensor] = []  # node indices in cache-slot order after the root
         self.root_slot = -1
         self.seen_ok = None  # which build-time nodes were real at the last call (ragged trees)
+        self.forward_s = 0.0  # seconds spent in the draft's forwards (the selector's cost model)
 
     def __call__(self, level, nodes, tokens, parents):
+        t0 = time.perf_counter()
+        out = self._call(level, nodes, tokens, parents)
+        self.forward_s += time.perf_counter() - t0
+        return out
+
+    def _call(self, level, nodes, tokens, parents):
         drf = self.drf
         if level == 0:
             if self.pending:

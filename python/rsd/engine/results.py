@@ -22,7 +22,8 @@ class BlockStats:
     target_s: float  # the target forward (verification forward; ar: the step)
     verify_s: float  # verification alone (ar: choosing the next token); the cache work is cache_s
     cache_s: float = 0.0  # KV-cache compaction of both models (moving the accepted path)
-    other_s: float = 0.0  # everything else of the block (bookkeeping)
+    other_s: float = 0.0  # everything else of the block (bookkeeping; method="auto": the choice)
+    choice: object = None  # method="auto": the selector's Choice for this block (tree, rows, prediction)
 
     @property
     def total_s(self) -> float:
@@ -87,8 +88,13 @@ class GenerationResult(Timed):
             out[k] = sum(getattr(b, k) for b in self.blocks)
         return out
 
+    def choices(self) -> list[dict]:
+        """``method="auto"``: per block the chosen configuration (None: target only), the padded
+        verification rows, the predicted and realised seconds and tokens, and why it was chosen."""
+        return block_choices(self.blocks)
+
     def to_dict(self) -> dict:
-        return {
+        out = {
             "method": self.method, "config": None if self.config is None else str(self.config),
             "budget": None if self.config is None else self.config.budget, "seed": self.seed,
             "verifier": self.verifier,
@@ -97,6 +103,18 @@ class GenerationResult(Timed):
             "target_calls": self.target_calls, "draft_calls": self.draft_calls,
             "accepted_lengths": self.accepted_lengths, **self.time_split(),
         }
+        if any(b.choice is not None for b in self.blocks):
+            out["choices"] = self.choices()
+        return out
+
+
+def block_choices(blocks) -> list[dict]:
+    """The selector's choice and the realised outcome of each block (blocks without a choice: skipped)."""
+    out = []
+    for b in blocks:
+        if b.choice is not None:
+            out.append({**b.choice.to_dict(), "realised_s": b.total_s, "tokens": b.emitted, "accepted": b.accepted})
+    return out
 
 
 def check_max_new_tokens(value) -> int:

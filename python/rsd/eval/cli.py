@@ -62,6 +62,7 @@ def add_eval_parser(subparsers):
     p.add_argument("--attention", choices=("sdpa", "eager", "rsd"), default="sdpa")
     p.add_argument("--backend", default="auto", help="rsd_kernels backend: auto, torch, triton, cuda")
     p.add_argument("--no-peer", action="store_true", help="skip the Hugging Face assisted-generation baseline")
+    p.add_argument("--no-auto", action="store_true", help="skip the method=auto row (trees chosen per block)")
     p.add_argument("--param-ratio", type=float, default=None,
                    help="draft/target parameter ratio for MBSU (default: counted from the models)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -100,7 +101,7 @@ def settings_from_args(args):
     kw = dict(target=args.target, draft=args.draft, datasets=args.datasets, methods=args.methods,
               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
               max_configs=args.max_configs, max_depth=args.max_depth,
-              attention=args.attention, backend=args.backend, peer=not args.no_peer, threads=args.threads,
+              attention=args.attention, backend=args.backend, peer=not args.no_peer, auto=not args.no_auto, threads=args.threads,
               param_ratio=args.param_ratio, dtype=args.dtype)
     if args.verifier is not None:
         kw["verifiers"] = args.verifier
@@ -144,10 +145,10 @@ def _run_eval(args) -> int:
 def _run_plot(args) -> int:
     from .plot import load_results, plot_results
 
-    merged = {"runs": [], "peer": [], "ar": [], "datasets_order": []}
+    merged = {"runs": [], "peer": [], "ar": [], "auto": [], "datasets_order": []}
     for path in args.results:
         r = load_results(path)
-        for key in ("runs", "peer", "ar"):
+        for key in ("runs", "peer", "ar", "auto"):
             merged[key] += r.get(key, [])
         merged["datasets_order"] += [d for d in r.get("datasets_order", []) if d not in merged["datasets_order"]]
     out = args.out or os.path.splitext(args.results[0])[0]
@@ -188,6 +189,11 @@ def format_summary(results: dict) -> str:
                     lines.append(f"  {method:7s} {v:9s} {b:6d} {run['config']:16s} {_fmt(run['block_efficiency']):>6s} "
                                  f"{ci:>13s} {_fmt(run['mbsu']):>6s} {_fmt(run['token_rate']):>6s} "
                                  f"{_fmt(run['accuracy']):>6s}")
+        for a in results.get("auto", []):
+            if (a["model"], a["dataset"]) == (model, ds):
+                used = ", ".join(f"{c} x{n}" for c, n in list(a.get("configs_used", {}).items())[:3])
+                lines.append(f"  {'auto':7s} {'':9s} {'':>6s} {'per block':16s} {_fmt(a['block_efficiency']):>6s} {'':>13s} "
+                             f"{_fmt(a['mbsu']):>6s} {_fmt(a['token_rate']):>6s} {_fmt(a['accuracy']):>6s}  [{used}]")
         for p in results.get("peer", []):
             if (p["model"], p["dataset"]) == (model, ds):
                 lines.append(f"  {'hf-assisted':11s} {p['budget']:2d} rate {_fmt(p.get('token_rate'))}"

@@ -16,6 +16,8 @@ method's colour; results without them (older files) plot without bars. Results t
 more than one verifier (``rsd eval --verifier rrs,traversal``) get one line per method and
 verifier: the first of :func:`verifiers_of` (traversal when present) in the method's style, the
 others in the method's colour, thin and faint, with hollow markers.
+A ``method="auto"`` row (``results["auto"]``: no budget, its trees chosen per block) is a black
+dash-dotted horizontal line in every column.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ METHOD_STYLES = {  # method -> (label, matplotlib kwargs), the seed's legend
 }
 PEER_STYLE = ("HF assisted (peer)", dict(color="tab:gray", linestyle=(0, (1, 1)), marker="s", markersize=4))
 CI_STYLE = (f"{CI_LEVEL:.0%} CI (bootstrap over items)", dict(color="0.3", marker="|", markersize=9, linestyle="none"))
+AUTO_STYLE = ("auto (tree chosen per block)", dict(color="black", linestyle=(0, (3, 1, 1, 1)), linewidth=1.0))
 NOISE_STYLE = ("AR with other seeds (noise)", dict(color="0.55", linestyle=(0, (4, 2)), linewidth=0.9))
 COLUMNS = (("block_efficiency", "block efficiency"), ("mbsu", "MBSU"), ("token_rate", "token rate"),
            ("accuracy", "accuracy"))
@@ -124,6 +127,7 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
         raise ValueError("results hold no finished method runs to plot")
     peers = peer_points(results)
     noise = noise_levels(results)
+    autos = {(a["model"], a["dataset"]): a for a in results.get("auto", [])}
     order = results.get("datasets_order") or list(DATASET_LABELS)
     rows = sorted(row_keys, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else len(order), k[1]))
     budgets = sorted({b for bv in by_verifier.values() for cell in bv.values() for m in cell.values() for b in m})
@@ -150,6 +154,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
                         ax.errorbar([b for b, _, _ in bars], [y for _, y, _ in bars], yerr=[below, above], fmt="none",
                                     ecolor=style["color"], elinewidth=0.8, capsize=2.5, alpha=0.75)
                         has_ci = True
+            if key in autos and _finite(autos[key].get(field)):  # method="auto": one value, no budget
+                ax.axhline(autos[key][field], **AUTO_STYLE[1])
             if field == "token_rate":
                 ax.axhline(1.0, color="0.75", linewidth=0.8, zorder=0)
                 pts = sorted(peers.get(key, {}).items())
@@ -182,6 +188,8 @@ def plot_results(results: dict | str, out_prefix: str, *, title: str | None = No
         handles += [Line2D([], [], label=f"{v} verifier", **_faint(verifier_style)) for v in verifiers[1:]]
     if peers:
         handles.append(Line2D([], [], label=PEER_STYLE[0], **PEER_STYLE[1]))
+    if autos:
+        handles.append(Line2D([], [], label=AUTO_STYLE[0], **AUTO_STYLE[1]))
     if noise:
         handles.append(Line2D([], [], label=NOISE_STYLE[0], **NOISE_STYLE[1]))
     if has_ci:

@@ -9,7 +9,10 @@ For one target/draft pair and each data set, :func:`run_grid` runs
    (:func:`grid_configs`), under each verifier of ``verifiers`` (``rrs``: token-level, SpecTr's
    k-sequential selection; ``traversal``: Traversal Verification, SpecTr's chains merged; see
    :func:`rsd.engine.configs.resolve_verifier`), on the same prompts, seeds and sampling settings;
-3. the peer baseline: Hugging Face ``generate(..., assistant_model=draft)`` (assisted
+3. ``method="auto"`` (one more row, ``results["auto"]``): the tree of every block chosen from
+   this machine's cost profile and the acceptance seen so far (:mod:`rsd.engine.selector`), with
+   the trees it ran (``configs_used``); ``--no-auto`` skips it;
+4. the peer baseline: Hugging Face ``generate(..., assistant_model=draft)`` (assisted
    generation) with ``num_assistant_tokens = budget`` (constant schedule), plus Hugging Face's
    own target-only ``generate`` as its reference (:mod:`rsd.eval.peer`).
 
@@ -110,6 +113,7 @@ class EvalSettings:
     attention: str = "sdpa"
     backend: str = "auto"
     peer: bool = True
+    auto: bool = True  # also run method="auto" (one more row)
     threads: int = 1
     param_ratio: float | None = None  # override of draft params / target params
     dtype: str = "float32"
@@ -142,7 +146,7 @@ class EvalSettings:
         new one's.
         """
         d = dataclasses.asdict(self)
-        for k in ("threads", "peer", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth",
+        for k in ("threads", "peer", "auto", "methods", "budgets", "datasets", "configs", "max_configs", "max_depth",
                   "verifiers"):
             d.pop(k)
         digest = draft_weights_digest(self.draft)
@@ -193,7 +197,7 @@ def load_or_new_results(path: str, settings: EvalSettings, *, overwrite: bool = 
         return results
     return {"schema": SCHEMA, "fingerprint": settings.fingerprint(), "settings": None, "models": None,
             "datasets": {}, "datasets_order": list(settings.datasets), "ar": [], "runs": [], "peer": [],
-            "hf_ar": [], "timing": {}}
+            "hf_ar": [], "auto": [], "timing": {}}
 
 
 def save_results(results: dict, path: str) -> None:
@@ -368,6 +372,8 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
     done = {run_key(r["model"], r["dataset"], r["method"], r["config"], run_verifier(r)) for r in results["runs"]}
     done_ar = {(r["model"], r["dataset"], r["method"]) for r in results["ar"]}
     done_peer = {(r["model"], r["dataset"], r["budget"]) for r in results["peer"]}
+    results.setdefault("auto", [])
+    done_auto = {(r["model"], r["dataset"]) for r in results["auto"]}
     done_hf_ar = {(r["model"], r["dataset"]) for r in results["hf_ar"]}
     adapters = (ModelAdapter(pair.target, attention=settings.attention, kernel_backend=settings.backend),
                 ModelAdapter(pair.draft, attention="sdpa", kernel_backend=settings.backend))
@@ -430,6 +436,13 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
             save_results(results, out_path)
         bar.close()
 
+        if settings.auto and (pair.model, name) not in done_auto:
+            bar = tqdm(total=len(prompts), desc=f"{name} auto", leave=False)
+            outs = _decode_set(pair, adapters, prompts, settings, "auto", None, settings.seed, bar)
+            bar.close()
+            results["auto"].append(auto_record(pair.model, name, outs, texts(outs), evalset, ar, ratio))
+            save_results(results, out_path)
+
         if settings.peer:
             def finish(rec, reference=None):
                 rec.update(model=pair.model, dataset=name)
@@ -466,6 +479,24 @@ def run_grid(settings: EvalSettings, out_path: str, *, pair: Pair | None = None,
     results["timing"]["last_session_s"] = time.perf_counter() - t_start
     save_results(results, out_path)
     return results
+
+
+def auto_record(model, dataset, outs, outputs, evalset, ar, ratio) -> dict:
+    """The record of a method="auto" run over a data set: the grid's metrics (MBSU with the mean
+    draft calls per target call as L) and the trees it ran, with how many blocks each."""
+    from collections import Counter
+
+    s = summarize(outs, outputs, evalset)
+    tau = _nan_if_error(M.block_efficiency, s["tokens_per_item"], s["target_calls_per_item"])
+    depth = s["draft_calls"] / max(1, s["target_calls"])
+    mbsu = _nan_if_error(M.mbsu, tau, ratio, depth) if math.isfinite(tau) else float("nan")
+    used = Counter("target only" if b.choice is None or b.choice.config is None else str(b.choice.config)
+                   for r in outs for b in r.blocks)
+    return {"model": model, "dataset": dataset, "method": "auto", "config": "auto", "budget": None,
+            "block_efficiency": tau, "mbsu": mbsu, **confidence_intervals(s, ar, tau, mbsu), "param_ratio": ratio,
+            "token_rate": _nan_if_error(M.token_rate, s["tokens"], s["wall_s"], ar["tokens"], ar["wall_s"]),
+            "accuracy": _nan_if_error(M.accuracy, s["score"], ar["score"]),
+            "configs_used": dict(used.most_common()), **s, "outputs": outputs}
 
 
 def _environment(settings):
