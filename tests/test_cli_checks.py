@@ -80,11 +80,11 @@ def test_large_budget_costs_one_line_before_loading(no_loading, capsys):
     from rsd.cli import main
 
     with pytest.raises(AssertionError, match="a model was loaded"):  # accepted: it goes on to load the models
-        main(["generate", "Hi", "--budget", str(LARGE_BUDGET + 8)])
+        main(["generate", "Hi", "--method", "rsd-s", "--budget", str(LARGE_BUDGET + 8)])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"note: budget {LARGE_BUDGET + 8} (rsd-s ")
     with pytest.raises(AssertionError, match="a model was loaded"):
-        main(["generate", "Hi", "--budget", str(LARGE_BUDGET)])
+        main(["generate", "Hi", "--method", "rsd-s", "--budget", str(LARGE_BUDGET)])
     assert capsys.readouterr().err == ""
 
 

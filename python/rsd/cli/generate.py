@@ -162,10 +162,10 @@ def run(args) -> int:
     from .console import library_output
 
     with library_output(args.verbose) as log:
-        return _run(args, method, cfg, texts, log)
+        return _run(args, method, cfg, texts, log, budget)
 
 
-def _run(args, method, cfg, texts, log) -> int:
+def _run(args, method, cfg, texts, log, budget=None) -> int:
     """``rsd generate`` after its checks: load, decode (streamed), report; ``log`` writes to stderr."""
     import torch
 
