@@ -223,6 +223,9 @@ def test_gumbel_noise_drawn_only_where_read():
     one = torch.zeros(5, 301, dtype=torch.bool)
     one[3, 300] = one[0, 0] = one[0, 2] = True  # the last, ragged counter group; two tokens of one group
     assert torch.equal(noise.gumbel_noise(9, 3, 5, 301, where=one)[one], noise.gumbel_noise(9, 3, 5, 301)[one])
+    r, x = where.nonzero(as_tuple=True)  # gumbel_at (the sparse samplers' draws): the dense stream's values
+    assert torch.equal(noise.gumbel_at(9, 3, r + 2, x), full[r, x])
+    assert not torch.equal(noise.gumbel_at(9, 3, r + 2, x ^ 1), full[r, x])  # the lane of each token matters
     logits = torch.randn(5, 300, generator=g).masked_fill(~where, float("-inf"))
     k = torch.full((5,), 4, dtype=torch.int32)
     a = ref.sample_topk(logits, k, 4, 1.0, seed=9, offset=3)
