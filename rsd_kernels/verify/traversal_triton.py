@@ -28,9 +28,10 @@ import triton.language as tl
 
 from .. import noise as _noise
 from .. import triton_compat  # noqa: F401  (interpreter fix, see module)
+from ..backends import device_sms
 from ..triton_noise import STREAM_RESIDUAL, accept_uniform, gumbel, token_uniforms
-from .triton_kernel import (MAX_TREE_NODES, NUM_STAGES, _next_pow2, _node_stats, _node_stats_kernel, _probs_at,
-                            _residual_merge_kernel, device_sms, launch_plan)
+from .triton_kernel import (MAX_TREE_NODES, NUM_STAGES, _launch_prologue, _next_pow2, _node_stats,  # noqa: F401
+                            _node_stats_kernel, _probs_at, _residual_merge_kernel, launch_plan)
 
 WALK_WARPS = 4  # the walk's warps: with 8, ptxas spills registers at some launched variants (sm_90)
 
@@ -268,24 +269,9 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
         raise ValueError(f"the traversal kernel verifies mode='traversal' only, got {mode!r}")
     B, T, V = target_logits.shape
     dev = target_logits.device
-    if T > MAX_TREE_NODES:
-        raise ValueError(f"the Triton verify kernel supports at most {MAX_TREE_NODES} tree nodes, got T={T}")
-    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
-    ct = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
-    ctl = tl.float64 if ct == torch.float64 else tl.float32
     gen = uniform is None
-    if gen:
-        if seed is None:
-            raise ValueError("verify needs uniform/gumbel noise or a seed")
-        _noise.check_seed(seed, offset)
-        if T - 1 > _noise.MAX_NODE:
-            raise ValueError(f"at most {_noise.MAX_NODE + 1} nodes per tree, got {T}")
-    P = int(max_depth) + 1
-    path = torch.empty(B, P, dtype=torch.int64, device=dev)
-    nacc = torch.empty(B, dtype=torch.int64, device=dev)
-    nxt = torch.empty(B, dtype=torch.int64, device=dev)
-    passes = torch.empty(B, dtype=torch.int32, device=dev)
+    ct, ctl, (path, nacc, nxt, passes) = _launch_prologue(target_logits, max_depth, block_v, gen, seed, offset)
+    P = path.shape[1]
     if B == 0:
         return (path, nacc, nxt, passes) if return_passes else (path, nacc, nxt)
     plan = launch_plan(B, T, V, mode, target_logits.element_size(), device_sms(dev), block_v=block_v,

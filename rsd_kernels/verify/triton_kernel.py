@@ -576,6 +576,30 @@ def launch_plan(B: int, T: int, V: int, mode: str, elem_bytes: int, sms: int = b
     }
 
 
+
+def _launch_prologue(target_logits, max_depth, block_v, gen, seed, offset):
+    """What every verify launcher checks and allocates first: the tree size, ``block_v``, the seed
+    when the kernel draws its own noise (``gen``); returns ``(compute torch dtype, its tl dtype,
+    (path, num_accepted, next_token, passes))``, the outputs empty."""
+    B, T, _ = target_logits.shape
+    dev = target_logits.device
+    if T > MAX_TREE_NODES:
+        raise ValueError(f"the Triton verify kernel supports at most {MAX_TREE_NODES} tree nodes, got T={T}")
+    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
+        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
+    ct = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
+    ctl = tl.float64 if ct == torch.float64 else tl.float32
+    if gen:
+        if seed is None:
+            raise ValueError("verify needs uniform/gumbel noise or a seed")
+        _noise.check_seed(seed, offset)
+        if T - 1 > _noise.MAX_NODE:
+            raise ValueError(f"at most {_noise.MAX_NODE + 1} nodes per tree, got {T}")
+    P = int(max_depth) + 1
+    outs = (torch.empty(B, P, dtype=torch.int64, device=dev), torch.empty(B, dtype=torch.int64, device=dev),
+            torch.empty(B, dtype=torch.int64, device=dev), torch.empty(B, dtype=torch.int32, device=dev))
+    return ct, ctl, outs
+
 def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temperature, max_depth,
            uniform=None, gumbel=None, seed=None, offset=0, *, block_v=None, precompute=None, return_passes=False):
     """Triton ``verify_tree`` backend; arguments and results as :func:`..reference.verify`.
@@ -584,29 +608,14 @@ def verify(target_logits, draft_logits, tokens, parents, num_nodes, mode, temper
     :func:`launch_plan`); ``return_passes`` also returns the walk's vocabulary passes per row
     (``[B]`` int32: on-demand statistics, residual masses, rho* passes, argmaxes).
     """
-    B, T, V = target_logits.shape
-    dev = target_logits.device
-    if T > MAX_TREE_NODES:
-        raise ValueError(f"the Triton verify kernel supports at most {MAX_TREE_NODES} tree nodes, got T={T}")
     if mode not in MODE_IDS:
         raise ValueError(f"mode must be one of {tuple(MODE_IDS)}, got {mode!r}")
-    if block_v is not None and (block_v < 16 or block_v & (block_v - 1)):
-        raise ValueError(f"block_v must be a power of two >= 16, got {block_v}")
     greedy = mode == "greedy"
-    ct = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
-    ctl = tl.float64 if ct == torch.float64 else tl.float32
     gen = (not greedy) and uniform is None
-    if gen:
-        if seed is None:
-            raise ValueError("verify needs uniform/gumbel noise or a seed")
-        _noise.check_seed(seed, offset)
-        if T - 1 > _noise.MAX_NODE:
-            raise ValueError(f"at most {_noise.MAX_NODE + 1} nodes per tree, got {T}")
-    P = int(max_depth) + 1
-    path = torch.empty(B, P, dtype=torch.int64, device=dev)
-    nacc = torch.empty(B, dtype=torch.int64, device=dev)
-    nxt = torch.empty(B, dtype=torch.int64, device=dev)
-    passes = torch.empty(B, dtype=torch.int32, device=dev)
+    B, T, V = target_logits.shape
+    dev = target_logits.device
+    ct, ctl, (path, nacc, nxt, passes) = _launch_prologue(target_logits, max_depth, block_v, gen, seed, offset)
+    P = path.shape[1]
     if B == 0:
         return (path, nacc, nxt, passes) if return_passes else (path, nacc, nxt)
     plan = launch_plan(B, T, V, mode, target_logits.element_size(), backends.device_sms(dev), block_v=block_v,
