@@ -46,7 +46,7 @@ import rsd_kernels
 
 from .adapter import ModelAdapter, pad_tree
 from .configs import resolve_verifier
-from .loop import Decoder, _prompt_tensor, split_draft_path, tree_slots
+from .loop import Decoder, TimedDraftFn, _prompt_tensor, split_draft_path, tree_slots
 from .results import BlockStats, GenerationResult, Timed, block_choices, check_max_new_tokens, cut_new_tokens, eos_set
 from .kvcache import BatchKVBuffer
 
@@ -151,7 +151,7 @@ def _mask(P, start, local, qreal, S):
     return pre | loc
 
 
-class _BatchDraftLevels:
+class _BatchDraftLevels(TimedDraftFn):
     """The batched ``draft_fn`` of :func:`rsd_kernels.build_tree` (see ``_DraftLevels`` in
     :mod:`rsd.engine.loop`): level 0 feeds each row's ``pending + [root]`` as a right-aligned chain
     (the root is the last column of every row: logits of one row each); level l > 0 feeds every
@@ -168,13 +168,6 @@ class _BatchDraftLevels:
         self.slot_node = torch.full((B, max_nodes), -1, dtype=torch.long, device=dev)  # tree slot -> node
         self.root_slot = None  # [B]
         self.seen_ok = None
-        self.forward_s = 0.0  # seconds in the draft's level calls (the selector's cost model)
-
-    def __call__(self, level, nodes, tokens, parents):
-        t0 = time.perf_counter()
-        out = self._call(level, nodes, tokens, parents)
-        self.forward_s += time.perf_counter() - t0
-        return out
 
     def _call(self, level, nodes, tokens, parents):
         drf, dev, B = self.drf, self.drf.device, self.B

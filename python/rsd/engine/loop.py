@@ -363,7 +363,20 @@ def is_eagle(model) -> bool:
     return isinstance(getattr(model, "model", None) if isinstance(model, ModelAdapter) else model, EagleDraft)
 
 
-class _DraftLevels:
+class TimedDraftFn:
+    """A ``draft_fn`` that adds the seconds of its calls (the draft's forwards) to ``forward_s``, the
+    selector's draft cost; subclasses implement ``_call``."""
+
+    forward_s = 0.0
+
+    def __call__(self, level, nodes, tokens, parents):
+        t0 = time.perf_counter()
+        out = self._call(level, nodes, tokens, parents)
+        self.forward_s += time.perf_counter() - t0
+        return out
+
+
+class _DraftLevels(TimedDraftFn):
     """The ``draft_fn`` of :func:`rsd_kernels.build_tree` over the draft adapter's cache.
 
     Level 0 feeds ``pending + [root]`` as a causal chain (no mask; logits of the root only).
@@ -383,13 +396,6 @@ class _DraftLevels:
         self.fed: list[torch.Tensor] = []  # node indices in cache-slot order after the root
         self.root_slot = -1
         self.seen_ok = None  # which build-time nodes were real at the last call (ragged trees)
-        self.forward_s = 0.0  # seconds spent in the draft's forwards (the selector's cost model)
-
-    def __call__(self, level, nodes, tokens, parents):
-        t0 = time.perf_counter()
-        out = self._call(level, nodes, tokens, parents)
-        self.forward_s += time.perf_counter() - t0
-        return out
 
     def _call(self, level, nodes, tokens, parents):
         drf = self.drf
