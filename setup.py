@@ -62,10 +62,10 @@ class BuildPyWithCsrc(build_py):
 
     def run(self):
         super().run()
-        dst = os.path.join(self.build_lib, "rsd_kernels", "csrc")
-        os.makedirs(dst, exist_ok=True)
-        for src in glob.glob("csrc/*"):
+        for src in glob.glob("csrc/**/*", recursive=True):  # csrc/cpu/ too (the CPU Philox's JIT build)
             if src.endswith((".cu", ".cuh", ".h", ".cpp")):
+                dst = os.path.join(self.build_lib, "rsd_kernels", os.path.dirname(src))
+                os.makedirs(dst, exist_ok=True)
                 shutil.copy(src, dst)
 
 
@@ -82,7 +82,7 @@ setup(
     packages=packages,
     package_dir={"rsd": "python/rsd"},
     package_data={"rsd.engine.drafts.weights": ["*.safetensors"], "rsd.data": ["*.jsonl"],
-                  "rsd.custom_generate": ["*.py"], "rsd_kernels": ["csrc/*"]},
+                  "rsd.custom_generate": ["*.py"], "rsd_kernels": ["csrc/*", "csrc/cpu/*"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

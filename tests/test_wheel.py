@@ -43,7 +43,8 @@ def test_wheel_lists_every_shipped_file(wheel):
     named = {"rsd/data/dolly.jsonl", "rsd/data/wmt_de_en.jsonl", "rsd/data/xsum.jsonl",
              "rsd/engine/drafts/weights/draft.safetensors", "rsd/engine/drafts/weights/eagle.safetensors",
              "rsd/custom_generate/generate.py", "rsd/cli/__init__.py", "rsd/engine/generate.py",
-             "rsd_kernels/__init__.py", "rsd_kernels/csrc/verify.cu", "rsd_kernels/csrc/bindings.cpp"}
+             "rsd_kernels/__init__.py", "rsd_kernels/csrc/verify.cu", "rsd_kernels/csrc/bindings.cpp",
+             "rsd_kernels/csrc/cpu/philox_cpu.cpp"}
     assert named <= want
     missing = sorted(want - names)
     assert not missing, f"the wheel lacks {missing}"
