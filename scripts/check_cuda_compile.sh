@@ -5,7 +5,8 @@
 # One line per file and arch; exits non-zero if anything fails.
 #
 #   scripts/check_cuda_compile.sh            # all of it
-#   NVCC=/path/to/nvcc ARCHS="80 90" PYTHON=python3 SKIP_BINDINGS=1 scripts/check_cuda_compile.sh
+#   NVCC=/path/to/nvcc ARCHS="80 90" JOBS=2 PYTHON=python3 SKIP_BINDINGS=1 scripts/check_cuda_compile.sh
+# (JOBS compiles at a time, default: the number of CPUs)
 set -u
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -18,19 +19,38 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "nvcc: $("$NVCC" --version | tail -n 1)"
+JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 fail=0
+compile_one() {  # compile_one SRC ARCH: writes $tmp/SRC_smARCH.{res,log}
+  local src=$1 arch=$2 name start
+  name="$tmp/$(basename "$src" .cu)_sm$arch"
+  start=$(date +%s)
+  if "$NVCC" -std=c++17 -O3 -Icsrc -gencode "arch=compute_$arch,code=sm_$arch" \
+      -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -c "$src" -o "$name.o" >"$name.log" 2>&1; then
+    echo "ok    $src sm_$arch ($(( $(date +%s) - start ))s)" >"$name.res"
+  else
+    { echo "FAIL  $src sm_$arch"; sed 's/^/      /' "$name.log"; } >"$name.res"
+  fi
+}
+# every (file, arch) pair, JOBS at a time (the largest files first), then the lines in a fixed order
+running=0
+for src in $(ls -S csrc/*.cu); do
+  for arch in $ARCHS; do
+    compile_one "$src" "$arch" &
+    running=$((running + 1))
+    if [ "$running" -ge "$JOBS" ]; then
+      wait -n
+      running=$((running - 1))
+    fi
+  done
+done
+wait
 for src in csrc/*.cu; do
   for arch in $ARCHS; do
-    obj="$tmp/$(basename "$src" .cu)_sm$arch.o"
-    start=$(date +%s)
-    if "$NVCC" -std=c++17 -O3 -Icsrc -gencode "arch=compute_$arch,code=sm_$arch" \
-        -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror -c "$src" -o "$obj" >"$tmp/log" 2>&1; then
-      echo "ok    $src sm_$arch ($(( $(date +%s) - start ))s)"
-    else
-      echo "FAIL  $src sm_$arch"
-      sed 's/^/      /' "$tmp/log"
-      fail=1
-    fi
+    res="$tmp/$(basename "$src" .cu)_sm$arch.res"
+    [ -s "$res" ] || echo "FAIL  $src sm_$arch (no result)" >"$res"
+    cat "$res"
+    grep -q '^FAIL' "$res" && fail=1
   done
 done
 

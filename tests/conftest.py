@@ -29,7 +29,16 @@ def device():
 
 
 def _skip_reason(backend, op):
+    """Why ``backend`` cannot run ``op`` here, or None. Only the absence of what the backend runs on
+    skips (no CUDA device for "cuda"; no Triton target for "triton"): a backend that should run but
+    cannot (an import error in a kernel module, a failed build) is not skipped, so its tests fail
+    with the reason instead of vanishing."""
     if backend in backends.available(op, DEVICE):
+        return None
+    if backend == "triton" and backends.triton_runs_on(torch.device(DEVICE)):
+        return None
+    if (backend == "cuda" and torch.cuda.is_available() and torch.version.cuda is not None
+            and not os.environ.get("RSD_KERNELS_DISABLE_CUDA")):
         return None
     try:
         backends.resolve(op, backend, DEVICE)

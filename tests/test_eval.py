@@ -62,7 +62,11 @@ def test_eval_quick_end_to_end_and_resume(pair, tmp_path, capsys):
         assert x["mbsu_ci"] == pytest.approx([v * x["mbsu"] / x["block_efficiency"] for v in x["block_efficiency_ci"]])
         assert x["draft_calls"] == x["target_calls"] * x["depth"]
         assert math.isfinite(x["token_rate"]) and x["token_rate"] > 0
-        assert math.isfinite(x["accuracy"]) or x["score"] == 0
+        ar_score = next(a["score"] for a in res["ar"] if (a["dataset"], a["method"]) == (x["dataset"], "ar"))
+        if ar_score > 0:  # accuracy = score / ar's score, undefined (NaN) when ar scored 0
+            assert x["accuracy"] == pytest.approx(x["score"] / ar_score)
+        else:
+            assert math.isnan(x["accuracy"])
         split = x["time_split"]
         assert set(split) == {"prefill_s", "draft_s", "target_s", "verify_s", "cache_s", "other_s"}
         assert sum(split.values()) == pytest.approx(x["wall_s"], rel=1e-6)
