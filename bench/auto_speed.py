@@ -102,10 +102,11 @@ def run(args):
                            "cpu_count": os.cpu_count(), "platform": platform.platform()},
            "profile": profile.to_json(), "results": {}}
     warm = dict(max_new_tokens=4, seed=0)
-    for c in ("ar", "sd 2", "auto"):  # untimed warm-up of each code path
-        m, cfg = parse_config(c)
-        generate(ta, None if m == "ar" else da, prompts[0], m, cfg, profile=profile if m == "auto" else None,
-                 temperature=temps[0], **warm)
+    for T in temps:  # untimed warm-up of each code path at every temperature (sampling JIT-builds the C++ Philox)
+        for c in ("ar", "sd 2", "auto"):
+            m, cfg = parse_config(c)
+            generate(ta, None if m == "ar" else da, prompts[0], m, cfg, profile=profile if m == "auto" else None,
+                     temperature=T, **warm)
     t_start = time.perf_counter()
     for T in temps:
         if args.cold:
