@@ -319,3 +319,10 @@ def pad_tree(tree: rsd_kernels.DraftTree, rows: int) -> rsd_kernels.DraftTree:
     tok = torch.cat([tree.tokens, tree.tokens[:, :1].expand(B, extra)], 1)
     par = torch.cat([tree.parents, torch.full((B, extra), -1, dtype=tree.parents.dtype, device=tree.device)], 1)
     return rsd_kernels.DraftTree(tok, par, tree.num_nodes)
+
+
+def is_eagle(model) -> bool:
+    """Whether ``model`` (or the model of an adapter) is an EAGLE feature-level draft."""
+    from .drafts.eagle import EagleDraft
+
+    return isinstance(getattr(model, "model", None) if isinstance(model, ModelAdapter) else model, EagleDraft)

@@ -48,7 +48,7 @@ from .adapter import ModelAdapter, pad_tree
 from .configs import resolve_verifier
 from .loop import Decoder, TimedDraftFn, _prompt_tensor, split_draft_path, tree_slots
 from .results import BlockStats, GenerationResult, Timed, block_choices, check_max_new_tokens, cut_new_tokens, eos_set
-from .kvcache import BatchKVBuffer
+from .batch_model import BatchModel, batch_mask
 
 
 @dataclass
@@ -104,53 +104,6 @@ def is_batch(prompts) -> bool:
     return False
 
 
-class BatchModel:
-    """A :class:`ModelAdapter`'s model driven with a :class:`BatchKVBuffer` (batched forwards)."""
-
-    def __init__(self, adapter: ModelAdapter, batch: int, capacity: int):
-        self.ad = adapter
-        self.device, self.dtype = adapter.device, adapter.dtype
-        self.vocab_size = adapter.vocab_size
-        self.max_positions = adapter.max_positions
-        self.cache = BatchKVBuffer(adapter.num_layers, batch, capacity)
-
-    @property
-    def lengths(self) -> list[int]:
-        return self.cache.lengths
-
-    def _lens(self):
-        return torch.tensor(self.cache.lengths, dtype=torch.long, device=self.device)
-
-    @torch.no_grad()
-    def run(self, tokens, positions, write_slots, allowed, counts, logits_to_keep=0, **extra):
-        """Feed ``tokens [B, n]`` at ``positions`` into ``write_slots``; ``allowed [B, n, S]`` bool
-        (``S = max(write_slots) + 1``) or None (the "rsd" tree-attention path). Returns fp32 logits."""
-        if self.max_positions is not None:
-            positions = positions.clamp(max=self.max_positions - 1)
-        S = int(write_slots.max()) + 1
-        self.cache.reserve(S)
-        self.cache.write_slots = write_slots.to(self.device, torch.long)
-        mask = None if allowed is None else self.ad._mask(allowed)
-        # with feature capture on (EAGLE), self.ad.features = [B, n, W] afterwards
-        logits = self.ad._call(tokens, positions.to(self.device), mask, self.cache, logits_to_keep, **extra)
-        self.cache.advance(counts)
-        self.cache.write_slots = None
-        return logits
-
-
-def _mask(P, start, local, qreal, S):
-    """``allowed [B, n, S]``: real queries see keys ``< P[b]``; every query sees the region keys
-    ``start[b] + j`` where ``local[b, i, j]``."""
-    B, n, m = local.shape
-    dev = local.device
-    k = torch.arange(S, device=dev)
-    pre = (k[None, None, :] < P[:, None, None]) & qreal[:, :, None]
-    rel = k[None, :] - start[:, None]
-    valid = (rel >= 0) & (rel < m)
-    loc = local.gather(2, rel.clamp(0, m - 1)[:, None, :].expand(B, n, S)) & valid[:, None, :]
-    return pre | loc
-
-
 class _BatchDraftLevels(TimedDraftFn):
     """The batched ``draft_fn`` of :func:`rsd_kernels.build_tree` (see ``_DraftLevels`` in
     :mod:`rsd.engine.loop`): level 0 feeds each row's ``pending + [root]`` as a right-aligned chain
@@ -187,7 +140,7 @@ class _BatchDraftLevels(TimedDraftFn):
             local = ((torch.arange(n, device=dev)[None, None, :] <= rel[:, :, None]) & real[:, :, None]) | (
                 torch.arange(n, device=dev)[None, None, :] == rel[:, :, None])
             ws = lens[:, None] + rel
-            allowed = _mask(lens, lens, local, real, int(ws.max()) + 1)
+            allowed = batch_mask(lens, lens, local, real, int(ws.max()) + 1)
             logits = self._feed_chain(toks, ws, allowed, c.tolist())
             self.root_slot = lens + c - 1
             self.slots[:, 0] = self.root_slot
@@ -224,7 +177,7 @@ class _BatchDraftLevels(TimedDraftFn):
         local = local | (torch.arange(m, device=dev)[None, None, :] == rel[:, :, None])
         start = self.root_slot + 1
         ws = lens[:, None] + j
-        allowed = _mask(start, start, local, oks, int(ws.max()) + 1)
+        allowed = batch_mask(start, start, local, oks, int(ws.max()) + 1)
         pos = self.root_slot[:, None] + self.depth.gather(1, qn)
         pos = torch.where(oks, pos, lens[:, None] + j)
         toks = tokens.to(dev).gather(1, qn)
@@ -327,7 +280,7 @@ class BatchDecoder:
             real = ar[None, :] < cc[:, None]
             local = ((ar[None, None, :] <= ar[None, :, None]) & real[:, :, None]) | (ar[None, None, :] == ar[None, :, None])
             zero = torch.zeros(B, dtype=torch.long, device=dev)
-            allowed = _mask(zero, zero, local.expand(B, n, n), real, n)
+            allowed = batch_mask(zero, zero, local.expand(B, n, n), real, n)
             pos = ar[None, :].expand(B, n)
             self.target.run(toks, pos, pos, allowed, c, logits_to_keep=1)
             if self.draft is not None:
@@ -430,7 +383,7 @@ class BatchDecoder:
         lens = tgt._lens()
         B = lens.shape[0]
         ws = lens[:, None]
-        allowed = _mask(lens + 1, lens, torch.ones(B, 1, 1, dtype=torch.bool, device=dev),
+        allowed = batch_mask(lens + 1, lens, torch.ones(B, 1, 1, dtype=torch.bool, device=dev),
                         torch.ones(B, 1, dtype=torch.bool, device=dev), int(lens.max()) + 1)
         toks = torch.tensor(self.roots, dtype=torch.long)[:, None]
         logits = tgt.run(toks, ws, ws, allowed, [1] * B, logits_to_keep=1)[:, -1]
@@ -479,7 +432,7 @@ class BatchDecoder:
             logits = tgt.run(fwd_tree.tokens, pos, ws, None, [n] * B, rsd_tree_bits=fwd_tree.ancestor_bitmask,
                              rsd_prefix_lens=prefix, rsd_backend=self.backend)
         else:
-            allowed = _mask(prefix, prefix, anc.to(dev), torch.ones(B, n, dtype=torch.bool, device=dev),
+            allowed = batch_mask(prefix, prefix, anc.to(dev), torch.ones(B, n, dtype=torch.bool, device=dev),
                             int(ws.max()) + 1)
             logits = tgt.run(fwd_tree.tokens, pos, ws, allowed, [n] * B)
         if n > T:

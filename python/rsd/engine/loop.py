@@ -49,7 +49,7 @@ import torch
 import rsd_kernels
 from rsd_kernels import checks, noise
 
-from .adapter import ModelAdapter
+from .adapter import ModelAdapter, is_eagle
 from .configs import AUTO, resolve_config, resolve_verifier
 from .results import BlockStats
 
@@ -354,13 +354,6 @@ def _sd_block(tgt, drf, cfg, state, samp, seed, level_offset, verify_offset, bac
     t5 = time.perf_counter()
     return accepted + [nxt], BlockStats(len(accepted), 0, drafted.draft_calls, 1, t1 - t0, t2 - t1, t3 - t2,
                                         t4 - t3, t5 - t4), (tree, path, levels.forward_s)
-
-
-def is_eagle(model) -> bool:
-    """Whether ``model`` (or the model of an adapter) is an EAGLE feature-level draft."""
-    from .drafts.eagle import EagleDraft
-
-    return isinstance(getattr(model, "model", None) if isinstance(model, ModelAdapter) else model, EagleDraft)
 
 
 class TimedDraftFn:

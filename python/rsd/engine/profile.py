@@ -310,7 +310,7 @@ class _Bench:
     it overwrites are random anyway)."""
 
     def __init__(self, adapter, batch: int, ctx: int, room: int, eagle_width: int | None = None):
-        from .batched import BatchModel
+        from .batch_model import BatchModel
 
         self.ad, self.B = adapter, batch
         self.dev = adapter.device
@@ -336,14 +336,14 @@ class _Bench:
         return {"features": torch.zeros(self.B, n, width, dtype=self.ad.dtype, device=self.dev)}
 
     def _run(self, toks, start, keep=0, full=False):
-        from .batched import _mask
+        from .batch_model import batch_mask
 
         B, n = toks.shape
         self.bm.cache.set_lengths([start] * B)
         lens = torch.full((B,), start, dtype=torch.long, device=self.dev)
         ar = torch.arange(n, device=self.dev)
         local = (ar[None, None, :] <= ar[None, :, None]).expand(B, n, n)
-        allowed = _mask(lens, lens, local, torch.ones(B, n, dtype=torch.bool, device=self.dev), start + n)
+        allowed = batch_mask(lens, lens, local, torch.ones(B, n, dtype=torch.bool, device=self.dev), start + n)
         ws = lens[:, None] + ar[None, :]
         return self.bm.run(toks, ws, ws, allowed, [n] * B, logits_to_keep=keep, **self._extra(n, full))
 
@@ -399,7 +399,7 @@ def measure(target, draft, *, batch: int = 1, repeats: int = REPEATS, contexts=C
     once -- target sizes at both contexts, target-only steps, draft widths -- so that a slow
     period of the machine hits them all alike; each entry is its best time over the rounds.
     """
-    from .loop import is_eagle
+    from .adapter import is_eagle
 
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
