@@ -109,19 +109,26 @@ def _demangle(names: list[str]) -> dict[str, str]:
     return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
 
 
-def ptxas_spills(log: str) -> dict[str, tuple[int, int, int]]:
-    """``{mangled: (stack frame, spill stores, spill loads)}`` bytes, from a ``ptxas -v`` log."""
+def _per_function(text: str, header: str, values: str) -> dict[str, tuple[int, ...]]:
+    """``{function: ints}``: each ``values`` match (integer groups) after a ``header`` match naming the
+    function (its first group); a function's first values line counts."""
     out, name = {}, None
-    for line in log.splitlines():
-        m = re.search(r"Function properties for (\S+)", line)
+    for line in text.splitlines():
+        m = re.search(header, line)
         if m:
             name = m.group(1)
             continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        m = re.search(values, line)
         if m and name:
             out[name] = tuple(int(x) for x in m.groups())
             name = None
     return out
+
+
+def ptxas_spills(log: str) -> dict[str, tuple[int, int, int]]:
+    """``{mangled: (stack frame, spill stores, spill loads)}`` bytes, from a ``ptxas -v`` log."""
+    return _per_function(log, r"Function properties for (\S+)",
+                         r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def resources(cubin: Path) -> dict[str, dict]:
@@ -130,17 +137,8 @@ def resources(cubin: Path) -> dict[str, dict]:
     if tool is None:
         raise FileNotFoundError("cuobjdump not found (CUDA toolkit or the triton wheel)")
     text = subprocess.run([tool, "-res-usage", str(cubin)], capture_output=True, text=True, check=True).stdout
-    out, name = {}, None
-    for line in text.splitlines():
-        m = re.search(r"Function (\S+):", line)
-        if m:
-            name = m.group(1)
-            continue
-        m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+)", line)
-        if m and name:
-            out[name] = {"registers": int(m.group(1)), "stack": int(m.group(2)), "static_shared": int(m.group(3))}
-            name = None
-    return out
+    found = _per_function(text, r"Function (\S+):", r"REG:(\d+) STACK:(\d+) SHARED:(\d+)")
+    return {n: {"registers": r, "stack": st, "static_shared": sh} for n, (r, st, sh) in found.items()}
 
 
 def cuda_kernel_resources(arch: int = 90, sources=("tree_attention.cu", "sampling.cu", "verify.cu")) -> list[dict]:
